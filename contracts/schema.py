@@ -1,0 +1,410 @@
+"""Contracts -> SQLAlchemy MetaData for the four zones (raw, stg, etl, core). Alembic's target.
+
+Nothing here is hand-listed per extract: every table is derived from the specs, so a new column in a
+spec becomes a new column in raw, stg and core with one `alembic revision --autogenerate`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+
+from contracts import naming
+from contracts.model import ExtractSpec, FactSpec, PiiClass
+from contracts.registry import load_all
+from contracts.types import rule_for
+
+TZ = TIMESTAMP(timezone=True)
+
+# Lifecycle of a file in etl.load_run_files (see worker/pipeline/ledger.py for the transitions).
+FILE_STATUSES = ("pending", "landed", "staged", "merged", "failed", "skipped", "duplicate")
+RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _now() -> text:
+    return text("now()")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)  # constants of this module, not user input
+    return f"{column} IN ({quoted})"
+
+
+def _lineage_columns() -> list[Column]:
+    """Lineage every raw row carries (PRODUCT.md guarantee 1)."""
+    return [
+        Column("s3_bucket", Text, nullable=False),
+        Column("s3_key", Text, nullable=False),
+        Column("s3_version_id", Text, nullable=False),
+        Column("file_hash", Text, nullable=False, comment="SHA-256 (hex) of the object's bytes"),
+        Column("date_extracted", TZ, nullable=False, comment="DateExtracted of the file name"),
+        Column("extract_type", Text, nullable=False, comment="Extract type token as in the name"),
+        Column("file_per_org_id", BigInteger, comment="PerOrgID from the file name (NULL if ambiguous)"),
+        Column("file_practice_id", BigInteger, comment="PracticeID from the file name"),
+        Column("load_run_id", BigInteger, nullable=False),
+        Column("landed_at", TZ, nullable=False, server_default=_now()),
+    ]
+
+
+def _etl_tables(metadata: MetaData) -> None:
+    Table(
+        "load_runs",
+        metadata,
+        Column("load_run_id", BigInteger, Identity(), primary_key=True),
+        Column("kind", Text, nullable=False, comment="nightly | backfill | reprocess | demo"),
+        Column("status", Text, nullable=False, server_default="running"),
+        Column("params", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        Column("summary", JSONB),
+        Column("error", Text),
+        Column("started_at", TZ, nullable=False, server_default=_now()),
+        Column("finished_at", TZ),
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        schema=naming.ETL,
+    )
+    Table(
+        "load_run_files",
+        metadata,
+        Column("file_id", BigInteger, Identity(), primary_key=True),
+        Column("load_run_id", BigInteger, ForeignKey("etl.load_runs.load_run_id"), nullable=False),
+        Column("s3_bucket", Text, nullable=False),
+        Column("s3_key", Text, nullable=False),
+        Column("s3_version_id", Text, nullable=False),
+        Column("s3_etag", Text),
+        Column("s3_size", BigInteger),
+        Column("s3_last_modified", TZ),
+        Column("file_hash", Text, comment="SHA-256 hex of the bytes; set when landed"),
+        Column("extract", Text, nullable=False, comment="Contract name, e.g. Appointments"),
+        Column("extract_type", Text, nullable=False, comment="Token as written in the name"),
+        Column("per_org_id", BigInteger),
+        Column("practice_id", BigInteger),
+        Column("date_from", TZ, nullable=False),
+        Column("date_to", TZ, nullable=False),
+        Column("date_extracted", TZ, nullable=False),
+        Column("status", Text, nullable=False, server_default="pending"),
+        Column("encoding", Text),
+        Column("rows_read", BigInteger),
+        Column("rows_raw", BigInteger),
+        Column("rows_staged", BigInteger),
+        Column("rows_rejected", BigInteger),
+        Column("rows_superseded", BigInteger, comment="Rows whose key repeats later in the file"),
+        Column("attempts", Integer, nullable=False, server_default="0"),
+        Column("error", Text),
+        Column("error_detail", JSONB),
+        Column("duplicate_of", BigInteger, ForeignKey("etl.load_run_files.file_id")),
+        Column("discovered_at", TZ, nullable=False, server_default=_now()),
+        Column("landed_at", TZ),
+        Column("staged_at", TZ),
+        Column("merged_at", TZ),
+        Column("updated_at", TZ, nullable=False, server_default=_now()),
+        UniqueConstraint("s3_bucket", "s3_key", "s3_version_id"),
+        UniqueConstraint("s3_version_id", "file_hash"),
+        CheckConstraint(_in("status", FILE_STATUSES), name="status"),
+        Index(None, "file_hash"),
+        Index(None, "extract", "date_extracted"),
+        schema=naming.ETL,
+    )
+    Table(
+        "reprocess_requests",
+        metadata,
+        Column("request_id", BigInteger, Identity(), primary_key=True),
+        Column("file_id", BigInteger, ForeignKey("etl.load_run_files.file_id"), nullable=False),
+        Column("requested_by", Text, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("previous_status", Text, nullable=False),
+        Column("requested_at", TZ, nullable=False, server_default=_now()),
+        comment="Audit of explicit reprocessing: the only way a landed file version is loaded again",
+        schema=naming.ETL,
+    )
+    Table(
+        "skipped_keys",
+        metadata,
+        Column("skipped_key_id", BigInteger, Identity(), primary_key=True),
+        Column("load_run_id", BigInteger, ForeignKey("etl.load_runs.load_run_id"), nullable=False),
+        Column("s3_bucket", Text, nullable=False),
+        Column("s3_key", Text, nullable=False),
+        Column("s3_version_id", Text),
+        Column("reason", Text, nullable=False),
+        Column("seen_at", TZ, nullable=False, server_default=_now()),
+        comment="Keys discovery could not parse; reported, never fatal",
+        schema=naming.ETL,
+    )
+    Table(
+        "dq_results",
+        metadata,
+        Column("dq_result_id", BigInteger, Identity(), primary_key=True),
+        Column("load_run_id", BigInteger, ForeignKey("etl.load_runs.load_run_id"), nullable=False),
+        Column("file_id", BigInteger, ForeignKey("etl.load_run_files.file_id")),
+        Column("extract", Text, nullable=False),
+        Column("check_name", Text, nullable=False, comment="e.g. rows_read, reject_rate, null_rate"),
+        Column("column_name", Text),
+        Column("rule", Text),
+        Column("observed", Numeric),
+        Column("threshold", Numeric),
+        Column("passed", Boolean, nullable=False),
+        Column("detail", JSONB),
+        Column("checked_at", TZ, nullable=False, server_default=_now()),
+        Index(None, "file_id"),
+        schema=naming.ETL,
+    )
+    Table(
+        "health",
+        metadata,
+        Column("extract", Text, primary_key=True),
+        Column("last_success_run_id", BigInteger, ForeignKey("etl.load_runs.load_run_id")),
+        Column("last_success_at", TZ),
+        Column("last_date_extracted", TZ),
+        Column("status", Text, nullable=False, server_default="unknown"),
+        Column("anomalies", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+        Column("updated_at", TZ, nullable=False, server_default=_now()),
+        schema=naming.ETL,
+    )
+    Table(
+        "config",
+        metadata,
+        Column("extract", Text, nullable=False, comment="Extract name, or '*' for every extract"),
+        Column("key", Text, nullable=False),
+        Column("value", JSONB, nullable=False),
+        Column("source", Text, nullable=False, server_default="contract", comment="contract | operator"),
+        Column("updated_at", TZ, nullable=False, server_default=_now()),
+        PrimaryKeyConstraint("extract", "key"),
+        schema=naming.ETL,
+    )
+
+
+def _domain_tables(metadata: MetaData, domains: set[str]) -> None:
+    for domain in sorted(domains):
+        Table(
+            naming.domain_table(domain),
+            metadata,
+            Column("value", Text, primary_key=True, comment="The value exactly as the source writes it"),
+            Column("label", Text, comment="Curated meaning; NULL until someone maps it"),
+            Column("is_mapped", Boolean, nullable=False, server_default=text("false")),
+            Column("first_seen_file_id", BigInteger),
+            Column("first_seen_at", TZ, nullable=False, server_default=_now()),
+            Column("last_seen_at", TZ, nullable=False, server_default=_now()),
+            comment=f"Mapping table of the {domain} domain; grows from the values seen",
+            schema=naming.ETL,
+        )
+
+
+def _raw_table(metadata: MetaData, spec: ExtractSpec) -> Table:
+    name = naming.raw_table(spec)
+    return Table(
+        name,
+        metadata,
+        Column("load_file_id", BigInteger, nullable=False),
+        Column("row_number", BigInteger, nullable=False, comment="1-based, in file order"),
+        *(Column(c.column, Text, nullable=False, comment=c.source) for c in spec.columns),
+        *_lineage_columns(),
+        PrimaryKeyConstraint("load_file_id", "row_number"),
+        # BRIN: raw is append-only in load order, so a block-range index is tiny and keeps COPY fast.
+        Index(None, "date_extracted", "extract_type", postgresql_using="brin"),
+        comment=f"{spec.extract} rows exactly as in the file: every field as text",
+        schema=naming.RAW,
+    )
+
+
+def _typed(col) -> Column:
+    rule = rule_for(col.type)
+    return Column(col.column, rule.sa_type, comment=col.source)
+
+
+def _stg_table(metadata: MetaData, spec: ExtractSpec) -> Table:
+    columns = []
+    for col in spec.columns:
+        typed = _typed(col)
+        typed.nullable = not (col.required or col.column in spec.natural_key)
+        columns.append(typed)
+    return Table(
+        naming.stg_table(spec),
+        metadata,
+        Column("load_file_id", BigInteger, nullable=False),
+        Column("row_number", BigInteger, nullable=False),
+        *columns,
+        Column("field_errors", JSONB, comment="Values nullified by the contract, with rule and value"),
+        Column("s3_version_id", Text, nullable=False),
+        Column("file_hash", Text, nullable=False),
+        Column("date_extracted", TZ, nullable=False),
+        Column("date_to", TZ, nullable=False),
+        Column("load_run_id", BigInteger, nullable=False),
+        Column("staged_at", TZ, nullable=False, server_default=_now()),
+        PrimaryKeyConstraint("load_file_id", "row_number"),
+        # One row per natural key and file: a key repeated in a file keeps its last row only.
+        UniqueConstraint("load_file_id", *spec.natural_key),
+        Index(None, *spec.natural_key),
+        comment=f"{spec.extract} rows typed and validated against the contract",
+        schema=naming.STG,
+    )
+
+
+def _rejects_table(metadata: MetaData, spec: ExtractSpec) -> Table:
+    return Table(
+        naming.rejects_table(spec),
+        metadata,
+        Column("load_file_id", BigInteger, nullable=False),
+        Column("row_number", BigInteger, nullable=False),
+        Column("load_run_id", BigInteger, nullable=False),
+        Column("row_text", Text, nullable=False, comment="The row's fields joined by |^^|"),
+        Column("field_errors", JSONB, nullable=False, comment="[{column, rule, value}, ...]"),
+        Column("rejected_at", TZ, nullable=False, server_default=_now()),
+        PrimaryKeyConstraint("load_file_id", "row_number"),
+        comment=f"{spec.extract} rows that broke a reject rule of the contract",
+        schema=naming.ETL,
+    )
+
+
+def _core_lineage() -> list[Column]:
+    """Every core row names the version that gave it its values (PRODUCT.md guarantee 5)."""
+    return [
+        Column("load_file_id", BigInteger, ForeignKey("etl.load_run_files.file_id"), nullable=False),
+        Column("row_number", BigInteger, nullable=False),
+        Column("s3_version_id", Text, nullable=False),
+        Column("file_hash", Text, nullable=False),
+        Column("date_extracted", TZ, nullable=False),
+        Column("date_to", TZ, nullable=False),
+        Column("load_run_id", BigInteger, nullable=False),
+        Column("merged_at", TZ, nullable=False, server_default=_now()),
+    ]
+
+
+def core_attribute_columns(spec: ExtractSpec) -> list[Column]:
+    """Typed columns a core table keeps: free text stays behind, NHIs become a keyed hash + flag."""
+    out: list[Column] = []
+    for col in spec.columns:
+        if col.pii is PiiClass.FREE_TEXT:
+            continue
+        if col.pii is PiiClass.NHI:
+            out.append(Column(naming.nhi_hash_column(col.column), Text, comment="HMAC-SHA256 of NHI"))
+            out.append(Column(naming.nhi_valid_column(col.column), Boolean, comment="NHI check passed"))
+            continue
+        typed = _typed(col)
+        typed.nullable = col.column not in spec.natural_key
+        out.append(typed)
+    return out
+
+
+def _dim_date(metadata: MetaData) -> Table:
+    return Table(
+        "dim_date",
+        metadata,
+        Column("date_key", Integer, primary_key=True, autoincrement=False, comment="yyyymmdd"),
+        Column("date", Date, nullable=False, unique=True),
+        Column("year", SmallInteger, nullable=False),
+        Column("month", SmallInteger, nullable=False),
+        Column("day", SmallInteger, nullable=False),
+        Column("iso_year", SmallInteger, nullable=False),
+        Column("iso_week", SmallInteger, nullable=False),
+        Column("weekday", SmallInteger, nullable=False, comment="ISO: 1 = Monday"),
+        Column("weekday_name", Text, nullable=False),
+        Column("nz_financial_year", SmallInteger, nullable=False, comment="Year the FY ends (1 Jul-30 Jun)"),
+        Column("nz_financial_quarter", SmallInteger, nullable=False),
+        schema=naming.CORE,
+    )
+
+
+def _core_table(metadata: MetaData, spec: ExtractSpec, dims: dict[str, ExtractSpec]) -> Table:
+    key = naming.surrogate_key(spec.core.table)
+    nk = spec.natural_key
+    extra: list = []
+    if isinstance(spec.core, FactSpec):
+        refs = [c for c in spec.columns if c.references in dims]
+        if "practice_id" in spec.column_names and "PracticeInfo" in dims:
+            refs = [spec.column("practice_id"), *refs]
+        fk_columns = []
+        for ref in refs:
+            target = dims["PracticeInfo" if ref.column == "practice_id" else ref.references]
+            target_key = naming.surrogate_key(target.core.table)
+            fk_columns.append(
+                Column(
+                    naming.reference_key(ref.column),
+                    BigInteger,
+                    ForeignKey(f"core.{target.core.table}.{target_key}"),
+                    comment=f"Version of {target.core.table} valid at the fact's main date",
+                )
+            )
+        extra = [
+            *fk_columns,
+            Column("date_key", Integer, ForeignKey("core.dim_date.date_key"), comment="Main date"),
+            Column("is_removed", Boolean, nullable=False, server_default=text("false")),
+            Column("removed_at", TZ, comment="Set when a full file no longer holds the row"),
+            UniqueConstraint(*nk),
+        ]
+    else:
+        extra = [
+            Column("effective_from", TZ, nullable=False, comment="DateExtracted of this version"),
+            Column("effective_to", TZ, comment="DateExtracted of the next version; NULL if open"),
+            Column("is_current", Boolean, nullable=False),
+            Column("is_inferred", Boolean, nullable=False, server_default=text("false")),
+            Column("is_removed", Boolean, nullable=False, server_default=text("false")),
+            UniqueConstraint(*nk, "effective_from"),
+            Index(
+                f"uq_{spec.core.table}_current",
+                *nk,
+                unique=True,
+                postgresql_where=text("is_current"),
+            ),
+        ]
+    return Table(
+        spec.core.table,
+        metadata,
+        Column(key, BigInteger, Identity(), primary_key=True),
+        *core_attribute_columns(spec),
+        *extra,
+        *_core_lineage(),
+        comment=f"Curated {spec.extract} ({spec.core.role})",
+        schema=naming.CORE,
+    )
+
+
+def build_metadata(specs: dict[str, ExtractSpec] | None = None) -> MetaData:
+    """The full target schema of the four zones, derived from the contracts."""
+    specs = specs if specs is not None else load_all()
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    _etl_tables(metadata)
+    _domain_tables(metadata, {c.domain for s in specs.values() for c in s.columns if c.domain})
+    _dim_date(metadata)
+    dims = {name: s for name, s in specs.items() if s.is_dimension}
+    # Dimensions before facts so that FKs resolve in creation order.
+    for spec in sorted(specs.values(), key=lambda s: (not s.is_dimension, s.extract)):
+        _raw_table(metadata, spec)
+        _stg_table(metadata, spec)
+        _rejects_table(metadata, spec)
+        _core_table(metadata, spec, dims)
+    return metadata
+
+
+_METADATA: MetaData | None = None
+
+
+def metadata() -> MetaData:
+    """The cached target metadata (what alembic compares the database with)."""
+    global _METADATA
+    if _METADATA is None:
+        _METADATA = build_metadata()
+    return _METADATA
