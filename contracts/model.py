@@ -139,6 +139,11 @@ class DataQualitySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_reject_rate: float = Field(default=0.05, ge=0, le=1, description="Rejected / read, per file.")
+    min_rows_for_rates: int = Field(
+        default=100, ge=0,
+        description="Rate thresholds apply only to files with at least this many rows: in a 10-row "
+        "delta one bad row is 10%, and failing the file would hold back its nine good rows.",
+    )
     max_null_rate: dict[str, float] = Field(
         default_factory=dict, description="Per column: the largest share of NULLs allowed in stg."
     )

@@ -1,0 +1,95 @@
+"""Discovery: list object versions under the prefix, parse their names, select what a run loads.
+
+A key that does not parse is reported (etl.skipped_keys) and never stops discovery of the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from contracts.model import ExtractSpec
+from contracts.registry import load_all
+from worker.io.s3 import ObjectVersion, iter_versions
+from worker.pipeline.naming import ParsedName, UnparseableKey, parse_key
+
+
+@dataclass(frozen=True)
+class DiscoveredFile:
+    version: ObjectVersion
+    name: ParsedName
+    spec: ExtractSpec
+
+    @property
+    def group(self) -> tuple[str, int | None, int | None]:
+        """Files of one extract for one organisation and practice form a series of batches."""
+        return (self.spec.extract, self.name.per_org_id, self.name.practice_id)
+
+
+@dataclass
+class Discovery:
+    files: list[DiscoveredFile] = field(default_factory=list)
+    unparseable: list[tuple[ObjectVersion, str]] = field(default_factory=list)
+    superseded_versions: list[ObjectVersion] = field(default_factory=list)
+
+
+def token_map() -> dict[str, str]:
+    return {t.lower(): s.extract for s in load_all().values() for t in s.file_tokens}
+
+
+def classify(versions: Iterable[ObjectVersion], known_per_org_ids: Sequence[int] = ()) -> Discovery:
+    """Parse every listed version. Only the latest version of a key is a candidate: an older version
+    was replaced by the provider, and loading both would give two different rows the same lineage
+    order (DateExtracted, DateTo, row number)."""
+    specs = load_all()
+    tokens = token_map()
+    found = Discovery()
+    for version in versions:
+        if version.key.endswith("/"):
+            continue  # a "folder" placeholder, not a file
+        try:
+            name = parse_key(version.key, tokens, known_per_org_ids)
+        except UnparseableKey as exc:
+            found.unparseable.append((version, exc.reason))
+            continue
+        if not version.is_latest:
+            found.superseded_versions.append(version)
+            continue
+        extract = tokens[name.extract_token.lower()]
+        found.files.append(DiscoveredFile(version, name, specs[extract]))
+    found.files.sort(key=lambda f: (f.name.date_extracted, f.spec.extract, f.version.key))
+    return found
+
+
+def discover(client, bucket: str, prefix: str = "", known_per_org_ids: Sequence[int] = ()) -> Discovery:
+    return classify(iter_versions(client, bucket, prefix), known_per_org_ids)
+
+
+def select_newest(files: Iterable[DiscoveredFile], extracts: Sequence[str] = ()) -> list[DiscoveredFile]:
+    """The nightly selection: per extract (and organisation/practice), the newest batch's files."""
+    wanted = {e.lower() for e in extracts}
+    newest: dict[tuple, datetime] = {}
+    candidates = [f for f in files if not wanted or f.spec.extract.lower() in wanted]
+    for f in candidates:
+        if f.group not in newest or f.name.date_extracted > newest[f.group]:
+            newest[f.group] = f.name.date_extracted
+    return [f for f in candidates if f.name.date_extracted == newest[f.group]]
+
+
+def select_range(
+    files: Iterable[DiscoveredFile],
+    date_from: date,
+    date_to: date,
+    extracts: Sequence[str] = (),
+    key_prefix: str | None = None,
+) -> list[DiscoveredFile]:
+    """The backfill selection: batches whose DateExtracted (NZ date) falls in [date_from, date_to]."""
+    wanted = {e.lower() for e in extracts}
+    return [
+        f
+        for f in files
+        if date_from <= f.name.date_extracted.date() <= date_to
+        and (not wanted or f.spec.extract.lower() in wanted)
+        and (key_prefix is None or f.version.key.startswith(key_prefix))
+    ]

@@ -1,0 +1,172 @@
+"""Data-quality results of one staged file (etl.dq_results), computed with set-based queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from contracts import naming
+from contracts.model import ExtractSpec
+from worker.pipeline import config
+
+
+@dataclass
+class Check:
+    check_name: str
+    passed: bool
+    observed: float | None = None
+    threshold: float | None = None
+    column_name: str | None = None
+    rule: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass
+class DqOutcome:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+
+def _rule_counts(conn, spec: ExtractSpec, file_id: int) -> list[tuple[str | None, str, str, int]]:
+    query = sql.SQL(
+        """
+        SELECT e ->> 'column', e ->> 'rule', e ->> 'severity', count(*)
+        FROM (
+            SELECT jsonb_array_elements(field_errors) AS e FROM {rejects} WHERE load_file_id = %(f)s
+            UNION ALL
+            SELECT jsonb_array_elements(field_errors) FROM {stg}
+            WHERE load_file_id = %(f)s AND field_errors IS NOT NULL
+        ) errors
+        GROUP BY 1, 2, 3 ORDER BY 1, 2
+        """
+    ).format(
+        rejects=sql.Identifier(naming.ETL, naming.rejects_table(spec)),
+        stg=sql.Identifier(naming.STG, naming.stg_table(spec)),
+    )
+    return conn.execute(query, {"f": file_id}).fetchall()
+
+
+def _empty_rates(conn, spec: ExtractSpec, file_id: int, columns: list[str]) -> dict[str, float]:
+    if not columns:
+        return {}
+    counts = sql.SQL(", ").join(
+        sql.SQL("avg(CASE WHEN btrim({}) = '' THEN 1.0 ELSE 0.0 END)").format(sql.Identifier(c)) for c in columns
+    )
+    query = sql.SQL("SELECT {} FROM {} WHERE load_file_id = %s").format(
+        counts, sql.Identifier(naming.RAW, naming.raw_table(spec))
+    )
+    row = conn.execute(query, (file_id,)).fetchone()
+    return {c: float(v) if v is not None else 0.0 for c, v in zip(columns, row)}
+
+
+def _stg_null_rates(conn, spec: ExtractSpec, file_id: int, columns: list[str]) -> dict[str, float]:
+    if not columns:
+        return {}
+    rates = sql.SQL(", ").join(
+        sql.SQL("avg(CASE WHEN {} IS NULL THEN 1.0 ELSE 0.0 END)").format(sql.Identifier(c)) for c in columns
+    )
+    query = sql.SQL("SELECT {} FROM {} WHERE load_file_id = %s").format(
+        rates, sql.Identifier(naming.STG, naming.stg_table(spec))
+    )
+    row = conn.execute(query, (file_id,)).fetchone()
+    return {c: float(v) if v is not None else 0.0 for c, v in zip(columns, row)}
+
+
+def record_domain_values(conn, spec: ExtractSpec, file_id: int) -> None:
+    """Add every value seen in a domain column to its mapping table (unmapped until curated)."""
+    for col in spec.columns:
+        if not col.domain:
+            continue
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {domain} (value, first_seen_file_id) "
+                "SELECT DISTINCT {col}, %(f)s FROM {raw} WHERE load_file_id = %(f)s AND {col} <> '' "
+                "ON CONFLICT (value) DO UPDATE SET last_seen_at = now()"
+            ).format(
+                domain=sql.Identifier(naming.ETL, naming.domain_table(col.domain)),
+                col=sql.Identifier(col.column),
+                raw=sql.Identifier(naming.RAW, naming.raw_table(spec)),
+            ),
+            {"f": file_id},
+        )
+
+
+def _unmapped(conn, spec: ExtractSpec, file_id: int) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for col in spec.columns:
+        if not col.domain:
+            continue
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT DISTINCT r.{col} FROM {raw} r JOIN {domain} d ON d.value = r.{col} "
+                "WHERE r.load_file_id = %s AND NOT d.is_mapped ORDER BY 1 LIMIT 50"
+            ).format(
+                col=sql.Identifier(col.column),
+                raw=sql.Identifier(naming.RAW, naming.raw_table(spec)),
+                domain=sql.Identifier(naming.ETL, naming.domain_table(col.domain)),
+            ),
+            (file_id,),
+        ).fetchall()
+        if rows:
+            found[col.column] = [r[0] for r in rows]
+    return found
+
+
+def evaluate(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int, rejected: int,
+             superseded: int) -> DqOutcome:
+    """Compute the checks of one file (no writes)."""
+    outcome = DqOutcome()
+    max_reject_rate = float(config.get_value(conn, spec.extract, "max_reject_rate", spec.dq.max_reject_rate))
+    reject_rate = (rejected / rows_read) if rows_read else 0.0
+    min_rows = int(config.get_value(conn, spec.extract, "min_rows_for_rates", spec.dq.min_rows_for_rates))
+    rates_apply = rows_read >= min_rows
+    outcome.checks += [
+        Check("rows_read", True, rows_read),
+        Check("rows_staged", True, staged),
+        Check("rows_rejected", True, rejected),
+        Check("rows_superseded", True, superseded),
+        Check("reconciliation", rows_read == staged + rejected + superseded, staged + rejected + superseded,
+              rows_read),
+        Check("reject_rate", reject_rate <= max_reject_rate or not rates_apply, reject_rate, max_reject_rate,
+              detail=None if rates_apply else {"not_applied": f"fewer than {min_rows} rows"}),
+    ]
+    for column, rule, severity, count in _rule_counts(conn, spec, file_id):
+        outcome.checks.append(
+            Check("rule_violations", True, count, column_name=column, rule=rule, detail={"severity": severity})
+        )
+    required = [c.column for c in spec.columns if c.required or c.column in spec.natural_key]
+    for column, rate in _empty_rates(conn, spec, file_id, required).items():
+        outcome.checks.append(Check("empty_rate", True, rate, column_name=column, rule="required"))
+    limits = config.get_value(conn, spec.extract, "max_null_rate", spec.dq.max_null_rate) or {}
+    for column, rate in _stg_null_rates(conn, spec, file_id, sorted(limits)).items():
+        outcome.checks.append(
+            Check("null_rate", rate <= float(limits[column]) or not rates_apply, rate, float(limits[column]),
+                  column_name=column)
+        )
+    for column, values in _unmapped(conn, spec, file_id).items():
+        outcome.checks.append(
+            Check("unmapped_domain_values", True, len(values), column_name=column,
+                  rule=spec.column(column).domain, detail={"values": values})
+        )
+    return outcome
+
+
+def store(conn, run_id: int, file_id: int, extract: str, outcome: DqOutcome) -> None:
+    conn.execute("DELETE FROM etl.dq_results WHERE file_id = %s", (file_id,))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO etl.dq_results (load_run_id, file_id, extract, check_name, column_name, rule, "
+            "observed, threshold, passed, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (run_id, file_id, extract, c.check_name, c.column_name, c.rule, c.observed, c.threshold,
+                 c.passed, Jsonb(c.detail) if c.detail is not None else None)
+                for c in outcome.checks
+            ],
+        )

@@ -1,0 +1,98 @@
+"""Staging: one landed file from raw into stg.<t> and etl.rejects_<t>, by one generated statement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import psycopg
+import psycopg.types.json
+from psycopg import sql
+
+from contracts.model import ExtractSpec
+from contracts.registry import get as get_spec
+from contracts.sql.staging import staging_statement
+from worker.log import bound, get_logger
+from worker.pipeline import dq, ledger
+from worker.pipeline.ledger import LockSpace
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    file_id: int
+    status: str  # staged | failed | already
+    staged: int = 0
+    rejected: int = 0
+    superseded: int = 0
+    error: str | None = None
+
+
+class ReconciliationError(RuntimeError):
+    """rows read != raw rows, or raw rows != staged + rejected: something lost a row."""
+
+
+@lru_cache(maxsize=None)
+def _statement(extract: str) -> sql.Composed:
+    return staging_statement(get_spec(extract))
+
+
+def stage_file(conn: psycopg.Connection, file_id: int) -> StageResult:
+    """Stage one landed file (safe to call twice, or from two workers at once)."""
+    record = ledger.get(conn, file_id)
+    conn.commit()
+    with bound(load_run_id=record.load_run_id, s3_key=record.s3_key, file_id=file_id):
+        with conn.transaction():
+            ledger.lock(conn, LockSpace.STAGE, file_id)
+            record = ledger.get(conn, file_id, for_update=True)
+            if record.status != "landed":
+                return StageResult(file_id, "already")
+            spec = get_spec(record.extract)
+            result, outcome = _stage(conn, spec, record)
+            failures = outcome.failures
+            error = None
+            if failures:
+                error = "; ".join(
+                    f"dq {c.check_name}{'(' + c.column_name + ')' if c.column_name else ''}: "
+                    f"{c.observed:.4g} > {c.threshold:.4g}" for c in failures
+                )
+            dq.store(conn, record.load_run_id, file_id, spec.extract, outcome)
+            conn.execute(
+                "UPDATE etl.load_run_files SET status = %s, rows_staged = %s, rows_rejected = %s, "
+                "rows_superseded = %s, staged_at = now(), error = %s, error_detail = %s, updated_at = now() "
+                "WHERE file_id = %s",
+                (
+                    "failed" if failures else "staged", result.staged, result.rejected, result.superseded,
+                    f"{record.s3_key}: {error}" if error else None,
+                    psycopg.types.json.Jsonb({"stage": "dq", "retryable": False}) if error else None,
+                    file_id,
+                ),
+            )
+        if error:
+            log.error("file failed its data-quality thresholds", error=error)
+            return StageResult(file_id, "failed", result.staged, result.rejected, result.superseded, error)
+        log.info("file staged", staged=result.staged, rejected=result.rejected, superseded=result.superseded)
+        return result
+
+
+def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecord) -> tuple[StageResult, dq.DqOutcome]:
+    dq.record_domain_values(conn, spec, record.file_id)
+    rejected, superseded, staged = conn.execute(
+        _statement(spec.extract),
+        {
+            "file_id": record.file_id,
+            "run_id": record.load_run_id,
+            "s3_version_id": record.s3_version_id,
+            "file_hash": record.file_hash,
+            "date_extracted": record.date_extracted,
+            "date_to": record.date_to,
+        },
+    ).fetchone()
+    if record.rows_raw != rejected + superseded + staged or record.rows_read != record.rows_raw:
+        raise ReconciliationError(
+            f"{record.s3_key}: read {record.rows_read}, raw {record.rows_raw}, staged {staged} + "
+            f"rejected {rejected} + superseded {superseded}"
+        )
+    outcome = dq.evaluate(conn, spec, record.file_id, record.rows_read, staged, rejected, superseded)
+    return StageResult(record.file_id, "staged", staged, rejected, superseded), outcome
