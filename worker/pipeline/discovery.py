@@ -56,8 +56,7 @@ def classify(versions: Iterable[ObjectVersion], known_per_org_ids: Sequence[int]
         if not version.is_latest:
             found.superseded_versions.append(version)
             continue
-        extract = tokens[name.extract_token.lower()]
-        found.files.append(DiscoveredFile(version, name, specs[extract]))
+        found.files.append(DiscoveredFile(version, name, specs[name.extract]))
     found.files.sort(key=lambda f: (f.name.date_extracted, f.spec.extract, f.version.key))
     return found
 

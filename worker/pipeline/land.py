@@ -151,7 +151,7 @@ def _land(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings)
             prefix = lineage_prefix(record, file_hash, landed_at)
             with conn.cursor() as cur:
                 with cur.copy(copy_statement(spec)) as copy:
-                    for block in reader.copy_blocks(prefix):
+                    for block in reader.copy_bytes(prefix):
                         copy.write(block)
                 rows_raw = cur.rowcount
             if reader.sha256 != file_hash or reader.bytes_read != size:
