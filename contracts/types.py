@@ -45,6 +45,10 @@ class TypeRule:
     """Name of the rule recorded in field_errors when the text does not parse."""
 
 
+# Calendar-shaped dates: years 1000-9999, months 01-12, days 01-31. Whether day 29-31 exists in its
+# month is checked by the staging SQL (contracts/sql/staging.py), only for those days.
+_YMD = r"[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+
 # Integer patterns bound the digit count so that the cast can never overflow: 18 digits fit in bigint,
 # 9 digits fit in integer.
 TYPE_RULES: dict[ContractType, TypeRule] = {
@@ -65,12 +69,12 @@ TYPE_RULES: dict[ContractType, TypeRule] = {
         "double",
     ),
     ContractType.DATE: TypeRule(
-        "date", Date(), r"^[0-9]{4}-[0-9]{2}-[0-9]{2}( 00:00:00(\.0{1,6})?)?$", "date"
+        "date", Date(), "^" + _YMD + r"( 00:00:00(\.0{1,6})?)?$", "date"
     ),
     ContractType.TIMESTAMP_NZ: TypeRule(
         "timestamptz",
         TIMESTAMP(timezone=True),
-        r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?$",
+        "^" + _YMD + r"[ T]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?$",
         "timestamp_nz",
     ),
     ContractType.UUID: TypeRule(

@@ -1,24 +1,37 @@
-"""Contract -> the one set-based statement that stages a landed file from raw into stg and rejects.
+"""Contract -> the set-based statements that stage a landed file from raw into stg and rejects.
 
-The statement reads `raw.<t>_raw` rows of one file, checks every column against its contract type in a
-single pass, collects *every* error of a row into one JSON array, and splits the result: rows with a
-reject-severity error (keys, required columns, references) or a key superseded later in the same file go
-to `etl.rejects_<t>`; the others go to `stg.<t>` with their nullified values listed in `field_errors`.
+Three statements per file, each one pass over the file's raw rows, built from the contract only:
 
-Parameters: file_id, run_id, s3_version_id, file_hash, date_extracted, date_to (psycopg named params).
-It returns one row: (rejected, superseded, staged).
+1. `duplicates`: among the rows that pass the reject rules, the (row, superseded-by row) pairs of natural
+   keys repeated later in the file (narrow: the typed key columns only). Usually empty.
+2. `staged_insert`: rows that pass the reject rules and are not superseded -> stg.<t>, typed; values that
+   break a nullify rule become NULL and are listed in `field_errors`.
+3. `rejects_insert`: rows that break a reject rule (every failing column listed) and superseded rows ->
+   etl.rejects_<t> with their row number and row text.
 
-Rules (documented in docs/STAGING.md, tested in tests/integration/worker/pipeline/test_stage.py):
+Parameters: file_id, run_id, s3_version_id, file_hash, date_extracted, date_to, superseded (bigint[]),
+superseded_by (bigint[]). Statements 2 and 3 together write each raw row exactly once, so rows read =
+staged + rejected holds by construction (and is checked by the caller).
+
+Rules (tested in tests/integration/worker/pipeline/test_stage.py):
 - Typed columns are trimmed of spaces, tabs, CR and LF before they are checked; text columns are kept
   exactly as landed. An empty value is NULL.
-- `1900-01-01` (with or without a midnight time) is the source's "no date": NULL, not an error.
+- `1900-01-01` (with or without a midnight time) is the source's "no date": NULL, not an error; in a
+  required column it counts as missing.
 - Local times are Pacific/Auckland. A time in the skipped hour of spring-forward, or in the repeated hour
   of fall-back, is read with NZ standard time (+12:00), which is what Postgres' AT TIME ZONE does.
 - A natural key repeated in one file keeps its last row; the earlier rows are rejected with the rule
-  `duplicate_key` and the row that superseded them, so rows read = staged + rejected always holds.
+  `duplicate_key` and the row that superseded them.
+
+Speed: a column's check is evaluated once per row where it matters. Checks sit in a subquery fenced with
+OFFSET 0 so the planner does not copy them into every expression that uses their result, and integer and
+boolean checks use plain string functions instead of regular expressions (several times faster; their
+equivalence with the patterns of contracts/types.py is tested against Postgres).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from psycopg import sql
 
@@ -29,54 +42,77 @@ from contracts.types import NO_DATE_SENTINEL, SOURCE_TIME_ZONE, ContractType, ru
 # Whitespace trimmed from typed values before they are checked.
 TRIM_CHARS = " \t\r\n"
 ROW_TEXT_SEPARATOR = "|^^|"
+DIGITS = "0123456789"
+# Longest digit run an integer type may hold without overflowing (matches the patterns in types.py).
+MAX_DIGITS = {ContractType.BIGINT: 18, ContractType.INTEGER: 9}
+DATE_TYPES = (ContractType.DATE, ContractType.TIMESTAMP_NZ)
 
 
 def _lit(value: str) -> sql.Literal:
     return sql.Literal(value)
 
 
-def _valid_ymd(v: sql.Composable) -> sql.Composable:
-    """True when the first 10 characters of v (already matching ####-##-##) are a real calendar date."""
+def trimmed(col: ColumnSpec, raw: sql.Composable) -> sql.Composable:
+    """The value that is checked: empty -> NULL; typed columns trimmed of whitespace first."""
+    if col.type is ContractType.TEXT:
+        return sql.SQL("nullif({}, '')").format(raw)
+    return sql.SQL("nullif(btrim({}, {}), '')").format(raw, _lit(TRIM_CHARS))
+
+
+def _day_exists(v: sql.Composable) -> sql.Composable:
+    """True when day 29-31 of v (already matching the calendar-shaped pattern) exists in its month.
+
+    The pattern has already bounded month and day, so only days past the 28th need this arithmetic,
+    and the cheap string test in front keeps it from running for the others.
+    """
     y = sql.SQL("substr({}, 1, 4)::int").format(v)
     m = sql.SQL("substr({}, 6, 2)::int").format(v)
     d = sql.SQL("substr({}, 9, 2)::int").format(v)
     return sql.SQL(
-        "({y} >= 1 AND {m} BETWEEN 1 AND 12 AND {d} BETWEEN 1 AND CASE "
+        "(substr({v}, 9, 2) <= '28' OR {d} <= CASE "
         "WHEN {m} IN (4, 6, 9, 11) THEN 30 "
-        "WHEN {m} = 2 THEN CASE WHEN (mod({y}, 4) = 0 AND mod({y}, 100) <> 0) OR mod({y}, 400) = 0 THEN 29 ELSE 28 END "
+        "WHEN {m} = 2 THEN CASE WHEN (mod({y}, 4) = 0 AND mod({y}, 100) <> 0) OR mod({y}, 400) = 0 "
+        "THEN 29 ELSE 28 END "
         "ELSE 31 END)"
-    ).format(y=y, m=m, d=d)
-
-
-def _valid_hms(v: sql.Composable) -> sql.Composable:
-    """True when characters 12-19 of v (already matching the timestamp pattern) are a real time of day."""
-    return sql.SQL(
-        "(substr({v}, 12, 2)::int <= 23 AND substr({v}, 15, 2)::int <= 59 "
-        "AND (length({v}) < 19 OR substr({v}, 18, 2)::int <= 59))"
-    ).format(v=v)
+    ).format(v=v, y=y, m=m, d=d)
 
 
 def _is_no_date(v: sql.Composable) -> sql.Composable:
     return sql.SQL("left({}, 10) = {}").format(v, _lit(NO_DATE_SENTINEL))
 
 
-def _parse_ok(col: ColumnSpec, v: sql.Composable) -> sql.Composable:
-    """Boolean expression: the (trimmed, non-empty) value v parses as the column's type."""
-    rule = rule_for(col.type)
+def parse_ok(col_type: ContractType, v: sql.Composable) -> sql.Composable:
+    """Boolean: the (trimmed, non-NULL) value v parses as the type. NULL in, NULL out."""
+    if col_type in MAX_DIGITS:
+        n = MAX_DIGITS[col_type]
+        return sql.SQL(
+            "CASE WHEN left({v}, 1) IN ('+', '-') "
+            "THEN length({v}) BETWEEN 2 AND {n1} AND ltrim(substr({v}, 2), {digits}) = '' "
+            "ELSE length({v}) <= {n} AND ltrim({v}, {digits}) = '' END"
+        ).format(v=v, n=sql.Literal(n), n1=sql.Literal(n + 1), digits=_lit(DIGITS))
+    if col_type is ContractType.BOOLEAN:
+        return sql.SQL("{} IN ('0', '1')").format(v)
+    rule = rule_for(col_type)
     if rule.pattern is None:
-        return sql.SQL("true")
+        return sql.SQL("({} IS NOT NULL)").format(v)
     matches = sql.SQL("{} ~ {}").format(v, _lit(rule.pattern))
-    if col.type is ContractType.DATE:
-        return sql.SQL("CASE WHEN {} THEN {} ELSE false END").format(matches, _valid_ymd(v))
-    if col.type is ContractType.TIMESTAMP_NZ:
-        return sql.SQL("CASE WHEN {} THEN {} AND {} ELSE false END").format(
-            matches, _valid_ymd(v), _valid_hms(v)
-        )
+    if col_type in DATE_TYPES:
+        return sql.SQL("CASE WHEN {} THEN {} ELSE false END").format(matches, _day_exists(v))
     return matches
 
 
+def _column_ok(col: ColumnSpec, v: sql.Composable) -> sql.Composable:
+    ok = parse_ok(col.type, v)
+    if col.domain and col.unmapped == "reject":
+        domain = sql.Identifier(naming.ETL, naming.domain_table(col.domain))
+        ok = sql.SQL("({} AND EXISTS (SELECT 1 FROM {} d WHERE d.value = {} AND d.is_mapped))").format(
+            ok, domain, v
+        )
+    return ok
+
+
 def _cast(col: ColumnSpec, v: sql.Composable) -> sql.Composable:
-    """The typed value of v, evaluated only where the value parsed."""
+    """The typed value of v; only evaluated where v parsed."""
     if col.type is ContractType.TEXT:
         return v
     if col.type is ContractType.BOOLEAN:
@@ -92,132 +128,195 @@ def _cast(col: ColumnSpec, v: sql.Composable) -> sql.Composable:
     return sql.SQL("{}::{}").format(v, sql.SQL(rule_for(col.type).sql_type))
 
 
-def _error(col: ColumnSpec, rule: str, severity: Severity) -> sql.Composable:
-    return sql.SQL(
-        "jsonb_build_object('column', {c}, 'rule', {r}, 'severity', {s}, 'value', {raw})"
-    ).format(
-        c=_lit(col.column),
-        r=_lit(rule),
-        s=_lit(severity.value),
-        raw=sql.Identifier("c", col.column),
+def typed_value(col: ColumnSpec, raw: sql.Composable) -> sql.Composable:
+    v = trimmed(col, raw)
+    return sql.SQL("CASE WHEN {} THEN {} END").format(_column_ok(col, v), _cast(col, v))
+
+
+def _rule(col: ColumnSpec) -> str:
+    return "unmapped_domain_value" if col.domain and col.unmapped == "reject" else rule_for(col.type).rule
+
+
+def _error(col: ColumnSpec, rule: str, severity: Severity, raw: sql.Composable) -> sql.Composable:
+    return sql.SQL("jsonb_build_object('column', {c}, 'rule', {r}, 'severity', {s}, 'value', {raw})").format(
+        c=_lit(col.column), r=_lit(rule), s=_lit(severity.value), raw=raw
     )
 
 
-def staging_statement(spec: ExtractSpec) -> sql.Composed:
-    """The statement that stages one landed file (see the module docstring)."""
-    raw = sql.Identifier(naming.RAW, naming.raw_table(spec))
-    stg = sql.Identifier(naming.STG, naming.stg_table(spec))
-    rejects = sql.Identifier(naming.ETL, naming.rejects_table(spec))
+def _is_checked(col: ColumnSpec) -> bool:
+    """Whether a value of the column can fail at all (plain text without a reject domain cannot)."""
+    return col.type is not ContractType.TEXT or bool(col.domain and col.unmapped == "reject")
 
-    def v(col: ColumnSpec) -> sql.Identifier:  # the trimmed value in CTE t
-        return sql.Identifier(f"v_{col.column}")
 
-    def ok(col: ColumnSpec) -> sql.Identifier:  # parse flag in CTE c
-        return sql.Identifier(f"ok_{col.column}")
+def _is_key_or_required(spec: ExtractSpec, col: ColumnSpec) -> bool:
+    return col.required or col.column in spec.natural_key
 
-    trimmed, flags, typed, checks, reject_conditions = [], [], [], [], []
+
+def _missing(col: ColumnSpec, v: sql.Composable) -> sql.Composable:
+    """A required value is missing: empty, or the no-date sentinel in a date column."""
+    if col.type in DATE_TYPES:
+        return sql.SQL("({v} IS NULL OR {no_date})").format(v=v, no_date=_is_no_date(v))
+    return sql.SQL("{} IS NULL").format(v)
+
+
+def reject_condition(spec: ExtractSpec, alias: str = "r") -> sql.Composable:
+    """True for a row that breaks a reject rule: a key, required or reference column missing or bad."""
+    parts = []
     for col in spec.columns:
-        source = sql.Identifier("r", col.column)
-        if col.type is ContractType.TEXT:
-            trimmed.append(sql.SQL("nullif({}, '') AS {}").format(source, v(col)))
-        else:
-            trimmed.append(
-                sql.SQL("nullif(btrim({}, {}), '') AS {}").format(source, _lit(TRIM_CHARS), v(col))
-            )
-        parse_ok = _parse_ok(col, v(col))
-        if col.domain and col.unmapped == "reject":
-            domain = sql.Identifier(naming.ETL, naming.domain_table(col.domain))
-            parse_ok = sql.SQL("({} AND EXISTS (SELECT 1 FROM {} d WHERE d.value = {} AND d.is_mapped))").format(
-                parse_ok, domain, v(col)
-            )
-        flags.append(sql.SQL("({} IS NULL OR {}) AS {}").format(v(col), parse_ok, ok(col)))
-        typed.append(
-            sql.SQL("CASE WHEN {ok} THEN {cast} END AS {name}").format(
-                ok=ok(col), cast=_cast(col, v(col)), name=sql.Identifier(col.column)
-            )
-        )
-        severity = spec.severity(col)
-        rule = "unmapped_domain_value" if col.domain and col.unmapped == "reject" else rule_for(col.type).rule
-        checks.append(sql.SQL("CASE WHEN NOT {} THEN {} END").format(ok(col), _error(col, rule, severity)))
-        if col.required or col.column in spec.natural_key:
+        raw = sql.Identifier(alias, col.column)
+        v = trimmed(col, raw)
+        if _is_key_or_required(spec, col):
+            parts.append(_missing(col, v))
+        if spec.severity(col) is Severity.REJECT and _is_checked(col):
+            parts.append(sql.SQL("({} IS NOT NULL AND NOT {})").format(v, _column_ok(col, v)))
+    return sql.SQL("(") + sql.SQL(" OR ").join(parts) + sql.SQL(")") if parts else sql.SQL("false")
+
+
+def _all_errors(spec: ExtractSpec, alias: str = "r") -> sql.Composable:
+    """JSON array of every failing column of a row (rule, severity and raw value), for rejects."""
+    checks = []
+    for col in spec.columns:
+        raw = sql.Identifier(alias, col.column)
+        v = trimmed(col, raw)
+        if _is_checked(col):
             checks.append(
-                sql.SQL("CASE WHEN {} IS NULL THEN {} END").format(
-                    v(col), _error(col, "required", Severity.REJECT)
+                sql.SQL("CASE WHEN {v} IS NOT NULL AND NOT {ok} THEN {err} END").format(
+                    v=v, ok=_column_ok(col, v), err=_error(col, _rule(col), spec.severity(col), raw)
                 )
             )
-            reject_conditions.append(sql.SQL("{} IS NULL").format(v(col)))
-        if severity is Severity.REJECT:
-            reject_conditions.append(sql.SQL("NOT {}").format(ok(col)))
-        # A required date that is the "no date" sentinel is as missing as an empty one.
-        if (col.required or col.column in spec.natural_key) and col.type in (
-            ContractType.DATE,
-            ContractType.TIMESTAMP_NZ,
-        ):
-            no_date = sql.SQL("({} AND {} IS NOT NULL AND {})").format(ok(col), v(col), _is_no_date(v(col)))
-            checks.append(sql.SQL("CASE WHEN {} THEN {} END").format(no_date, _error(col, "required", Severity.REJECT)))
-            reject_conditions.append(no_date)
+        if _is_key_or_required(spec, col):
+            checks.append(
+                sql.SQL("CASE WHEN {} THEN {} END").format(
+                    _missing(col, v), _error(col, "required", Severity.REJECT, raw)
+                )
+            )
+    return sql.SQL("to_jsonb(array_remove(ARRAY[{}]::jsonb[], NULL))").format(sql.SQL(", ").join(checks))
 
-    all_ok = sql.SQL(" AND ").join(ok(c) for c in spec.columns)
-    keys = [sql.Identifier(k) for k in spec.natural_key]
-    stg_columns = [sql.Identifier(c.column) for c in spec.columns]
-    raw_fields = sql.SQL(", ").join(sql.Identifier("r", c.column) for c in spec.columns)
-    key_list = sql.SQL("jsonb_build_array({})").format(sql.SQL(", ").join(_lit(k) for k in spec.natural_key))
 
-    return sql.SQL(
+@dataclass(frozen=True)
+class StagingSql:
+    duplicates: sql.Composed
+    staged_insert: sql.Composed
+    rejects_insert: sql.Composed
+
+
+def staging_sql(spec: ExtractSpec) -> StagingSql:
+    raw_table = sql.Identifier(naming.RAW, naming.raw_table(spec))
+    stg_table = sql.Identifier(naming.STG, naming.stg_table(spec))
+    rejects_table = sql.Identifier(naming.ETL, naming.rejects_table(spec))
+    reject = reject_condition(spec)
+    superseded = sql.SQL(
+        "unnest(%(superseded)s::bigint[], %(superseded_by)s::bigint[]) AS dup(row_number, last_row)"
+    )
+
+    keys = [spec.column(k) for k in spec.natural_key]
+    duplicates = sql.SQL(
         """
-WITH t AS (
-    SELECT r.row_number, {raw_fields}, {trimmed}
-    FROM {raw} r
-    WHERE r.load_file_id = %(file_id)s
-), c AS (
-    SELECT t.*, {flags} FROM t
-), f AS (
-    SELECT c.row_number, {typed},
-           ({reject}) AS is_reject,
-           CASE WHEN NOT ({all_ok}) OR ({reject}) THEN
-               to_jsonb(array_remove(ARRAY[{checks}]::jsonb[], NULL))
-           END AS errors
-    FROM c
-), d AS (
-    SELECT f.*, max(f.row_number) OVER (PARTITION BY f.is_reject, {keys}) AS last_row FROM f
-), rejected AS (
-    INSERT INTO {rejects} (load_file_id, row_number, load_run_id, row_text, field_errors)
-    SELECT %(file_id)s, d.row_number, %(run_id)s, array_to_string(ARRAY[{raw_fields}], {sep}),
-           CASE WHEN d.is_reject THEN d.errors
-                ELSE jsonb_build_array(jsonb_build_object(
-                    'rule', 'duplicate_key', 'severity', 'reject', 'columns', {key_list},
-                    'superseded_by_row', d.last_row))
-           END
-    FROM d JOIN {raw} r ON r.load_file_id = %(file_id)s AND r.row_number = d.row_number
-    WHERE d.is_reject OR d.row_number <> d.last_row
-    RETURNING (field_errors -> 0 ->> 'rule') = 'duplicate_key' AS superseded
-), staged AS (
-    INSERT INTO {stg} (load_file_id, row_number, {stg_columns}, field_errors,
-                       s3_version_id, file_hash, date_extracted, date_to, load_run_id)
-    SELECT %(file_id)s, d.row_number, {d_columns}, d.errors,
-           %(s3_version_id)s, %(file_hash)s, %(date_extracted)s, %(date_to)s, %(run_id)s
-    FROM d
-    WHERE NOT d.is_reject AND d.row_number = d.last_row
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM rejected WHERE NOT superseded) AS rejected,
-       (SELECT count(*) FROM rejected WHERE superseded) AS superseded,
-       (SELECT count(*) FROM staged) AS staged
+SELECT row_number, last_row FROM (
+    SELECT k.row_number, max(k.row_number) OVER (PARTITION BY {key_names}) AS last_row
+    FROM (
+        SELECT r.row_number, {typed_keys}
+        FROM {raw} r
+        WHERE r.load_file_id = %(file_id)s AND NOT {reject}
+        OFFSET 0
+    ) k
+) w
+WHERE row_number <> last_row
+ORDER BY row_number
 """
     ).format(
-        trimmed=sql.SQL(", ").join(trimmed),
-        raw=raw,
-        flags=sql.SQL(", ").join(flags),
-        typed=sql.SQL(", ").join(typed),
-        reject=sql.SQL(" OR ").join(reject_conditions) if reject_conditions else sql.SQL("false"),
-        all_ok=all_ok,
-        checks=sql.SQL(", ").join(checks),
-        keys=sql.SQL(", ").join(keys),
-        rejects=rejects,
-        sep=_lit(ROW_TEXT_SEPARATOR),
-        raw_fields=raw_fields,
-        key_list=key_list,
-        stg=stg,
-        stg_columns=sql.SQL(", ").join(stg_columns),
-        d_columns=sql.SQL(", ").join(sql.Identifier("d", c.column) for c in spec.columns),
+        key_names=sql.SQL(", ").join(sql.Identifier("k", c.column) for c in keys),
+        typed_keys=sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(typed_value(c, sql.Identifier("r", c.column)), sql.Identifier(c.column))
+            for c in keys
+        ),
+        raw=raw_table,
+        reject=reject,
     )
+
+    # Kept rows: typed values computed once in the fenced subquery; a nullified value is recognised
+    # afterwards as "typed value NULL although the source had a value" (the no-date sentinel excepted).
+    nullable = [c for c in spec.columns if _is_checked(c) and spec.severity(c) is Severity.NULLIFY]
+    # Level 1 trims each value once; level 2 checks and casts each trimmed value once.
+    trims = [sql.SQL("r.row_number")]
+    for col in spec.columns:
+        trims.append(sql.SQL("{} AS {}").format(trimmed(col, sql.Identifier("r", col.column)), sql.Identifier(f"v_{col.column}")))
+    for col in nullable:
+        trims.append(sql.SQL("r.{} AS {}").format(sql.Identifier(col.column), sql.Identifier(f"raw_{col.column}")))
+    casts = [sql.SQL("t.row_number")]
+    for col in spec.columns:
+        v = sql.Identifier("t", f"v_{col.column}")
+        casts.append(sql.SQL("CASE WHEN {} THEN {} END AS {}").format(_column_ok(col, v), _cast(col, v), sql.Identifier(col.column)))
+    for col in nullable:
+        casts.append(sql.SQL("t.{} AS {}").format(sql.Identifier(f"v_{col.column}"), sql.Identifier(f"v_{col.column}")))
+        casts.append(sql.SQL("t.{} AS {}").format(sql.Identifier(f"raw_{col.column}"), sql.Identifier(f"raw_{col.column}")))
+    # A nullified value is recognised afterwards as "typed value NULL although the source had a value"
+    # (the no-date sentinel excepted).
+    nullified = []
+    for col in nullable:
+        v = sql.Identifier("s", f"v_{col.column}")
+        condition = sql.SQL("s.{} IS NULL AND {} IS NOT NULL").format(sql.Identifier(col.column), v)
+        if col.type in DATE_TYPES:
+            condition = sql.SQL("{} AND NOT {}").format(condition, _is_no_date(v))
+        nullified.append((condition, _error(col, _rule(col), Severity.NULLIFY, sql.Identifier("s", f"raw_{col.column}"))))
+    if nullified:
+        field_errors = sql.SQL("CASE WHEN {any} THEN to_jsonb(array_remove(ARRAY[{each}]::jsonb[], NULL)) END").format(
+            any=sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c, _ in nullified),
+            each=sql.SQL(", ").join(sql.SQL("CASE WHEN {} THEN {} END").format(c, e) for c, e in nullified),
+        )
+    else:
+        field_errors = sql.SQL("NULL::jsonb")
+    columns = [sql.Identifier(c.column) for c in spec.columns]
+    staged_insert = sql.SQL(
+        """
+INSERT INTO {stg} (load_file_id, row_number, {columns}, field_errors,
+                   s3_version_id, file_hash, date_extracted, date_to, load_run_id)
+SELECT %(file_id)s, s.row_number, {s_columns}, {field_errors},
+       %(s3_version_id)s, %(file_hash)s, %(date_extracted)s, %(date_to)s, %(run_id)s
+FROM (
+    SELECT {casts}
+    FROM (
+        SELECT {trims}
+        FROM {raw} r
+        LEFT JOIN {superseded} ON dup.row_number = r.row_number
+        WHERE r.load_file_id = %(file_id)s AND dup.row_number IS NULL AND NOT {reject}
+        OFFSET 0
+    ) t
+    OFFSET 0
+) s
+"""
+    ).format(
+        stg=stg_table,
+        columns=sql.SQL(", ").join(columns),
+        s_columns=sql.SQL(", ").join(sql.Identifier("s", c.column) for c in spec.columns),
+        field_errors=field_errors,
+        casts=sql.SQL(", ").join(casts),
+        trims=sql.SQL(", ").join(trims),
+        raw=raw_table,
+        superseded=superseded,
+        reject=reject,
+    )
+
+    rejects_insert = sql.SQL(
+        """
+INSERT INTO {rejects} (load_file_id, row_number, load_run_id, row_text, field_errors)
+SELECT %(file_id)s, r.row_number, %(run_id)s, array_to_string(ARRAY[{raw_fields}], {sep}),
+       CASE WHEN dup.last_row IS NOT NULL THEN jsonb_build_array(jsonb_build_object(
+                'rule', 'duplicate_key', 'severity', 'reject', 'columns', {key_list},
+                'superseded_by_row', dup.last_row))
+            ELSE {errors} END
+FROM {raw} r
+LEFT JOIN {superseded} ON dup.row_number = r.row_number
+WHERE r.load_file_id = %(file_id)s AND (dup.row_number IS NOT NULL OR {reject})
+"""
+    ).format(
+        rejects=rejects_table,
+        raw_fields=sql.SQL(", ").join(sql.Identifier("r", c.column) for c in spec.columns),
+        sep=_lit(ROW_TEXT_SEPARATOR),
+        key_list=sql.SQL("jsonb_build_array({})").format(sql.SQL(", ").join(_lit(k) for k in spec.natural_key)),
+        errors=_all_errors(spec),
+        raw=raw_table,
+        superseded=superseded,
+        reject=reject,
+    )
+    return StagingSql(duplicates, staged_insert, rejects_insert)

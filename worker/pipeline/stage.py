@@ -7,11 +7,10 @@ from functools import lru_cache
 
 import psycopg
 import psycopg.types.json
-from psycopg import sql
 
 from contracts.model import ExtractSpec
 from contracts.registry import get as get_spec
-from contracts.sql.staging import staging_statement
+from contracts.sql.staging import StagingSql, staging_sql
 from worker.log import bound, get_logger
 from worker.pipeline import dq, ledger
 from worker.pipeline.ledger import LockSpace
@@ -34,8 +33,8 @@ class ReconciliationError(RuntimeError):
 
 
 @lru_cache(maxsize=None)
-def _statement(extract: str) -> sql.Composed:
-    return staging_statement(get_spec(extract))
+def _statements(extract: str) -> StagingSql:
+    return staging_sql(get_spec(extract))
 
 
 def stage_file(conn: psycopg.Connection, file_id: int) -> StageResult:
@@ -78,17 +77,25 @@ def stage_file(conn: psycopg.Connection, file_id: int) -> StageResult:
 
 def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecord) -> tuple[StageResult, dq.DqOutcome]:
     dq.record_domain_values(conn, spec, record.file_id)
-    rejected, superseded, staged = conn.execute(
-        _statement(spec.extract),
-        {
-            "file_id": record.file_id,
-            "run_id": record.load_run_id,
-            "s3_version_id": record.s3_version_id,
-            "file_hash": record.file_hash,
-            "date_extracted": record.date_extracted,
-            "date_to": record.date_to,
-        },
-    ).fetchone()
+    statements = _statements(spec.extract)
+    params = {
+        "file_id": record.file_id,
+        "run_id": record.load_run_id,
+        "s3_version_id": record.s3_version_id,
+        "file_hash": record.file_hash,
+        "date_extracted": record.date_extracted,
+        "date_to": record.date_to,
+    }
+    # A wide generated statement gains nothing from JIT and pays seconds to compile it.
+    conn.execute("SET LOCAL jit = off")
+    # Raw rows of a just-landed file have no statistics yet; a nested loop over them is never right here.
+    conn.execute("SET LOCAL enable_nestloop = off")
+    pairs = conn.execute(statements.duplicates, params).fetchall()
+    params["superseded"] = [p[0] for p in pairs]
+    params["superseded_by"] = [p[1] for p in pairs]
+    staged = conn.execute(statements.staged_insert, params).rowcount
+    superseded = len(pairs)
+    rejected = conn.execute(statements.rejects_insert, params).rowcount - superseded
     if record.rows_raw != rejected + superseded + staged or record.rows_read != record.rows_raw:
         raise ReconciliationError(
             f"{record.s3_key}: read {record.rows_read}, raw {record.rows_raw}, staged {staged} + "

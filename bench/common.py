@@ -1,0 +1,75 @@
+"""Shared set-up for benchmarks: a scratch migrated database, a moto S3 server, timing helpers."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import psycopg
+from psycopg import sql
+
+from worker.pipeline.migrate import upgrade
+from worker.settings import Settings
+
+ADMIN_URL = os.environ.get("BENCH_ADMIN_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
+
+
+@contextmanager
+def scratch_settings(**overrides) -> Iterator[Settings]:
+    """Settings for a new migrated database (dropped afterwards) and a moto S3 server with a bucket."""
+    from moto.server import ThreadedMotoServer
+
+    suffix = uuid.uuid4().hex[:8]
+    name, prefix = f"indici_bench_{suffix}", f"bench{suffix}_"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for var, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
+        os.environ.setdefault(var, value)
+    settings = Settings(
+        DATABASE_URL=ADMIN_URL.rsplit("/", 1)[0] + "/" + name,
+        DB_ROLE_PREFIX=prefix,
+        S3_BUCKET="bench-bucket",
+        S3_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        NHI_HMAC_KEY="bench-key",
+        **overrides,
+    )
+    try:
+        upgrade(settings)
+        from worker.io.s3 import make_client
+
+        s3 = make_client(settings)
+        s3.create_bucket(Bucket=settings.s3_bucket,
+                         CreateBucketConfiguration={"LocationConstraint": settings.aws_region})
+        s3.put_bucket_versioning(Bucket=settings.s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+        yield settings
+    finally:
+        server.stop()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            for role in ("indici_owner", "etl_writer", "app_reader"):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(prefix + role)))
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def row(label: str, seconds: float, rows: int, megabytes: float, baseline: float | None, extra: str = "") -> str:
+    ratio = f"{baseline / seconds:5.2f}x" if baseline else "  1.00x"
+    return (f"{label:<34} {seconds:8.2f} s {rows / seconds:>11,.0f} rows/s {megabytes / seconds:8.1f} MB/s "
+            f"{ratio} {extra}")
