@@ -25,7 +25,7 @@ migrate: $(STAMP)
 	$(VENV)/bin/indici-ingest migrate
 
 bench: $(STAMP) services
-	$(PY) -m bench.run
+	$(PY) -m bench.landing --rows 1000000 --repeats 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .demo

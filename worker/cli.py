@@ -33,7 +33,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="indici-ingest", description="Nightly Indici ingestion.")
-    parser.add_argument("--log-level", default="WARNING", help="log level of the JSON logs on stderr")
+    parser.add_argument("--log-level", default="INFO", help="level of the JSON log lines on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="bring the database schema to the latest revision")
