@@ -32,6 +32,7 @@ def main() -> None:
         result = land_file(conn, client, file_id, settings)
         seconds = time.perf_counter() - start
     print(json.dumps({"status": result.status, "rows": result.rows, "seconds": seconds,
+                      "spool_seconds": result.spool_seconds, "copy_seconds": result.copy_seconds,
                       "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before}))
 
 

@@ -119,7 +119,7 @@ def main() -> int:
         copy_file = tmpdir / "copy.txt"
         _copy_text(settings, big.path, file_id, copy_file)
 
-        baseline, landing, staging, peaks = [], [], [], []
+        baseline, landing, staging, peaks, spool, copy = [], [], [], [], [], []
         for _ in range(args.repeats):
             baseline.append(_baseline(settings, copy_file))
             file_id = _plan(settings)
@@ -127,6 +127,8 @@ def main() -> int:
             assert result["status"] == "landed" and result["rows"] == big.rows, result
             landing.append(result["seconds"])
             peaks.append(result["peak_rss_mb"])
+            spool.append(result["spool_seconds"])
+            copy.append(result["copy_seconds"])
             with connect(settings) as conn:
                 seconds, staged = timed(lambda: stage_file(conn, file_id))
             assert staged.staged + staged.rejected + staged.superseded == big.rows, staged
@@ -142,6 +144,9 @@ def main() -> int:
         print(row("bare COPY into all-text table", base, big.rows, megabytes, None, "(baseline)"))
         print(row("raw landing from moto S3", median(landing), big.rows, megabytes, base,
                   f"peak RSS {median(peaks):.0f} MB"))
+        print(f"{'   of which S3 GET + sha256 (spool)':<34} {median(spool):8.2f} s")
+        print(f"{'   of which decode/split/COPY':<34} {median(copy):8.2f} s"
+              f"  ({base / median(copy):.2f}x of the baseline)")
         print(row("staging raw -> stg/rejects", median(staging), big.rows, megabytes, base))
         print(f"\npeak RSS of the landing process: {small_result['peak_rss_mb']:.0f} MB for {small.rows:,} rows "
               f"({small.bytes / 1e6:.0f} MB), {median(peaks):.0f} MB for {big.rows:,} rows ({megabytes:.0f} MB)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,14 +80,27 @@ def spool_version(
     """Copy one object version to a local file, hashing it in the same pass. Returns (sha256, size).
 
     Spooling lets the landing know the file's hash (lineage of every raw row, duplicate detection)
-    before it writes a single row, while holding only one chunk in memory.
+    before it writes a single row, while holding only a few chunks in memory. The hash runs in a second
+    thread (hashlib releases the GIL on large buffers), so hashing overlaps the download.
     """
     digest = hashlib.sha256()
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+
+    def hash_chunks() -> None:
+        while (chunk := chunks.get()) is not None:
+            digest.update(chunk)
+
+    hasher = threading.Thread(target=hash_chunks, name="spool-sha256", daemon=True)
+    hasher.start()
     size = 0
-    for chunk in iter_version_chunks(client, bucket, key, version_id, chunk_bytes):
-        digest.update(chunk)
-        size += len(chunk)
-        dest.write(chunk)
+    try:
+        for chunk in iter_version_chunks(client, bucket, key, version_id, chunk_bytes):
+            chunks.put(chunk)
+            dest.write(chunk)
+            size += len(chunk)
+    finally:
+        chunks.put(None)
+        hasher.join()
     dest.flush()
     dest.seek(0)
     return digest.hexdigest(), size
