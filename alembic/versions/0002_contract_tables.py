@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-27 06:36:23.305314
+Create Date: 2026-11-27 07:04:56.496798
 """
 from typing import Sequence, Union
 
@@ -566,11 +566,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_allergies_raw')),
     schema='raw',
     comment='Allergies rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_allergies_raw_date_extracted_extract_type'), 'allergies_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_allergies_raw_load_file_id_row_number'), 'allergies_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('appointment_medications_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -675,11 +675,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_appointment_medications_raw')),
     schema='raw',
     comment='AppointmentMedications rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_appointment_medications_raw_date_extracted_extract_type'), 'appointment_medications_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_appointment_medications_raw_load_file_id_row_number'), 'appointment_medications_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('appointments_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -757,11 +757,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_appointments_raw')),
     schema='raw',
     comment='Appointments rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_appointments_raw_date_extracted_extract_type'), 'appointments_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_appointments_raw_load_file_id_row_number'), 'appointments_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('diagnoses_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -825,11 +825,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_diagnoses_raw')),
     schema='raw',
     comment='Diagnoses rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_diagnoses_raw_date_extracted_extract_type'), 'diagnoses_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_diagnoses_raw_load_file_id_row_number'), 'diagnoses_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('immunisations_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -908,11 +908,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_immunisations_raw')),
     schema='raw',
     comment='Immunisations rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_immunisations_raw_date_extracted_extract_type'), 'immunisations_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_immunisations_raw_load_file_id_row_number'), 'immunisations_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('inbox_detail_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -945,11 +945,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_inbox_detail_raw')),
     schema='raw',
     comment='InboxDetail rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_inbox_detail_raw_date_extracted_extract_type'), 'inbox_detail_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_inbox_detail_raw_load_file_id_row_number'), 'inbox_detail_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('inbox_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1014,11 +1014,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_inbox_raw')),
     schema='raw',
     comment='Inbox rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_inbox_raw_date_extracted_extract_type'), 'inbox_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_inbox_raw_load_file_id_row_number'), 'inbox_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('invoice_detail_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1081,11 +1081,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_invoice_detail_raw')),
     schema='raw',
     comment='InvoiceDetail rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_invoice_detail_raw_date_extracted_extract_type'), 'invoice_detail_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_invoice_detail_raw_load_file_id_row_number'), 'invoice_detail_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('invoices_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1127,11 +1127,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_invoices_raw')),
     schema='raw',
     comment='Invoices rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_invoices_raw_date_extracted_extract_type'), 'invoices_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_invoices_raw_load_file_id_row_number'), 'invoices_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('measurements_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1290,11 +1290,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_measurements_raw')),
     schema='raw',
     comment='Measurements rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_measurements_raw_date_extracted_extract_type'), 'measurements_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_measurements_raw_load_file_id_row_number'), 'measurements_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('medicine_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1319,11 +1319,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_medicine_raw')),
     schema='raw',
     comment='Medicine rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_medicine_raw_date_extracted_extract_type'), 'medicine_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_medicine_raw_load_file_id_row_number'), 'medicine_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('next_of_kin_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1365,11 +1365,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_next_of_kin_raw')),
     schema='raw',
     comment='NextOfKin rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_next_of_kin_raw_date_extracted_extract_type'), 'next_of_kin_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_next_of_kin_raw_load_file_id_row_number'), 'next_of_kin_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('patient_alerts_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1416,11 +1416,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_patient_alerts_raw')),
     schema='raw',
     comment='PatientAlerts rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_patient_alerts_raw_date_extracted_extract_type'), 'patient_alerts_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_patient_alerts_raw_load_file_id_row_number'), 'patient_alerts_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('patients_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1654,11 +1654,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_patients_raw')),
     schema='raw',
     comment='Patients rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_patients_raw_date_extracted_extract_type'), 'patients_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_patients_raw_load_file_id_row_number'), 'patients_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('practice_info_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1713,11 +1713,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_practice_info_raw')),
     schema='raw',
     comment='PracticeInfo rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_practice_info_raw_date_extracted_extract_type'), 'practice_info_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_practice_info_raw_load_file_id_row_number'), 'practice_info_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('providers_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1853,11 +1853,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_providers_raw')),
     schema='raw',
     comment='Providers rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_providers_raw_date_extracted_extract_type'), 'providers_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_providers_raw_load_file_id_row_number'), 'providers_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('recalls_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1901,11 +1901,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_recalls_raw')),
     schema='raw',
     comment='Recalls rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_recalls_raw_date_extracted_extract_type'), 'recalls_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_recalls_raw_load_file_id_row_number'), 'recalls_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('vaccine_raw',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False, comment='1-based, in file order'),
@@ -1932,11 +1932,11 @@ def upgrade() -> None:
     sa.Column('file_practice_id', sa.BigInteger(), nullable=True, comment='PracticeID from the file name'),
     sa.Column('load_run_id', sa.BigInteger(), nullable=False),
     sa.Column('landed_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('load_file_id', 'row_number', name=op.f('pk_vaccine_raw')),
     schema='raw',
     comment='Vaccine rows exactly as in the file: every field as text'
     )
     op.create_index(op.f('ix_vaccine_raw_date_extracted_extract_type'), 'vaccine_raw', ['date_extracted', 'extract_type'], unique=False, schema='raw', postgresql_using='brin')
+    op.create_index(op.f('ix_vaccine_raw_load_file_id_row_number'), 'vaccine_raw', ['load_file_id', 'row_number'], unique=False, schema='raw', postgresql_using='brin')
     op.create_table('allergies',
     sa.Column('load_file_id', sa.BigInteger(), nullable=False),
     sa.Column('row_number', sa.BigInteger(), nullable=False),
@@ -4030,6 +4030,10 @@ def upgrade() -> None:
     schema='core',
     comment='Curated Allergies (fact)'
     )
+    op.create_index(op.f('ix_fact_allergy_medicine_key'), 'fact_allergy', ['medicine_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_allergy_patient_key'), 'fact_allergy', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_allergy_practice_key'), 'fact_allergy', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_allergy_provider_key'), 'fact_allergy', ['provider_key'], unique=False, schema='core')
     op.create_table('fact_appointment',
     sa.Column('appointment_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('appointment_id', sa.BigInteger(), nullable=False, comment='AppointmentID'),
@@ -4115,6 +4119,9 @@ def upgrade() -> None:
     schema='core',
     comment='Curated Appointments (fact)'
     )
+    op.create_index(op.f('ix_fact_appointment_patient_key'), 'fact_appointment', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_appointment_practice_key'), 'fact_appointment', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_appointment_provider_key'), 'fact_appointment', ['provider_key'], unique=False, schema='core')
     op.create_table('fact_appointment_medication',
     sa.Column('appointment_medication_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('medication_id', sa.BigInteger(), nullable=False, comment='MedicationID'),
@@ -4229,6 +4236,10 @@ def upgrade() -> None:
     schema='core',
     comment='Curated AppointmentMedications (fact)'
     )
+    op.create_index(op.f('ix_fact_appointment_medication_medicine_key'), 'fact_appointment_medication', ['medicine_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_appointment_medication_patient_key'), 'fact_appointment_medication', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_appointment_medication_practice_key'), 'fact_appointment_medication', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_appointment_medication_provider_key'), 'fact_appointment_medication', ['provider_key'], unique=False, schema='core')
     op.create_table('fact_diagnosis',
     sa.Column('diagnosis_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('diagnosis_id', sa.BigInteger(), nullable=False, comment='DiagnosisID'),
@@ -4302,6 +4313,8 @@ def upgrade() -> None:
     schema='core',
     comment='Curated Diagnoses (fact)'
     )
+    op.create_index(op.f('ix_fact_diagnosis_patient_key'), 'fact_diagnosis', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_diagnosis_practice_key'), 'fact_diagnosis', ['practice_key'], unique=False, schema='core')
     op.create_table('fact_immunisation',
     sa.Column('immunisation_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('appointment_immunisation_id', sa.BigInteger(), nullable=False, comment='AppointmentImmunisationID'),
@@ -4393,6 +4406,10 @@ def upgrade() -> None:
     schema='core',
     comment='Curated Immunisations (fact)'
     )
+    op.create_index(op.f('ix_fact_immunisation_patient_key'), 'fact_immunisation', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_immunisation_practice_key'), 'fact_immunisation', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_immunisation_provider_key'), 'fact_immunisation', ['provider_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_immunisation_vaccine_key'), 'fact_immunisation', ['vaccine_key'], unique=False, schema='core')
     op.create_table('fact_inbox',
     sa.Column('inbox_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('inbox_folder_item_id', sa.BigInteger(), nullable=False, comment='InboxFolderItemID'),
@@ -4468,6 +4485,9 @@ def upgrade() -> None:
     schema='core',
     comment='Curated Inbox (fact)'
     )
+    op.create_index(op.f('ix_fact_inbox_patient_key'), 'fact_inbox', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_inbox_practice_key'), 'fact_inbox', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_inbox_provider_key'), 'fact_inbox', ['provider_key'], unique=False, schema='core')
     op.create_table('fact_inbox_detail',
     sa.Column('inbox_detail_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('in_box_folder_item_in_line_id', sa.BigInteger(), nullable=False, comment='InBoxFolderItemInLineID'),
@@ -4511,6 +4531,8 @@ def upgrade() -> None:
     schema='core',
     comment='Curated InboxDetail (fact)'
     )
+    op.create_index(op.f('ix_fact_inbox_detail_patient_key'), 'fact_inbox_detail', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_inbox_detail_practice_key'), 'fact_inbox_detail', ['practice_key'], unique=False, schema='core')
     op.create_table('fact_invoice',
     sa.Column('invoice_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('invoice_transaction_id', sa.BigInteger(), nullable=False, comment='InvoiceTransactionID'),
@@ -4563,6 +4585,9 @@ def upgrade() -> None:
     schema='core',
     comment='Curated Invoices (fact)'
     )
+    op.create_index(op.f('ix_fact_invoice_patient_key'), 'fact_invoice', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_invoice_practice_key'), 'fact_invoice', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_invoice_provider_key'), 'fact_invoice', ['provider_key'], unique=False, schema='core')
     op.create_table('fact_invoice_detail',
     sa.Column('invoice_detail_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('invoice_detail_id', sa.BigInteger(), nullable=False, comment='InvoiceDetailID'),
@@ -4633,6 +4658,7 @@ def upgrade() -> None:
     schema='core',
     comment='Curated InvoiceDetail (fact)'
     )
+    op.create_index(op.f('ix_fact_invoice_detail_practice_key'), 'fact_invoice_detail', ['practice_key'], unique=False, schema='core')
     op.create_table('fact_measurement',
     sa.Column('measurement_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('patient_id', sa.BigInteger(), nullable=True, comment='PatientID'),
@@ -4803,6 +4829,9 @@ def upgrade() -> None:
     schema='core',
     comment='Curated Measurements (fact)'
     )
+    op.create_index(op.f('ix_fact_measurement_patient_key'), 'fact_measurement', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_measurement_practice_key'), 'fact_measurement', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_measurement_provider_key'), 'fact_measurement', ['provider_key'], unique=False, schema='core')
     op.create_table('fact_next_of_kin',
     sa.Column('next_of_kin_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('nextto_kin_id', sa.BigInteger(), nullable=False, comment='NexttoKinID'),
@@ -4856,6 +4885,8 @@ def upgrade() -> None:
     schema='core',
     comment='Curated NextOfKin (fact)'
     )
+    op.create_index(op.f('ix_fact_next_of_kin_patient_key'), 'fact_next_of_kin', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_next_of_kin_practice_key'), 'fact_next_of_kin', ['practice_key'], unique=False, schema='core')
     op.create_table('fact_patient_alert',
     sa.Column('patient_alert_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('patient_alert_id', sa.BigInteger(), nullable=False, comment='PatientAlertID'),
@@ -4914,6 +4945,9 @@ def upgrade() -> None:
     schema='core',
     comment='Curated PatientAlerts (fact)'
     )
+    op.create_index(op.f('ix_fact_patient_alert_patient_key'), 'fact_patient_alert', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_patient_alert_practice_key'), 'fact_patient_alert', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_patient_alert_provider_key'), 'fact_patient_alert', ['provider_key'], unique=False, schema='core')
     op.create_table('fact_recall',
     sa.Column('recall_key', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('re_call_id', sa.BigInteger(), nullable=False, comment='ReCallID'),
@@ -4969,23 +5003,63 @@ def upgrade() -> None:
     schema='core',
     comment='Curated Recalls (fact)'
     )
+    op.create_index(op.f('ix_fact_recall_patient_key'), 'fact_recall', ['patient_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_recall_practice_key'), 'fact_recall', ['practice_key'], unique=False, schema='core')
+    op.create_index(op.f('ix_fact_recall_provider_key'), 'fact_recall', ['provider_key'], unique=False, schema='core')
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_index(op.f('ix_fact_recall_provider_key'), table_name='fact_recall', schema='core')
+    op.drop_index(op.f('ix_fact_recall_practice_key'), table_name='fact_recall', schema='core')
+    op.drop_index(op.f('ix_fact_recall_patient_key'), table_name='fact_recall', schema='core')
     op.drop_table('fact_recall', schema='core')
+    op.drop_index(op.f('ix_fact_patient_alert_provider_key'), table_name='fact_patient_alert', schema='core')
+    op.drop_index(op.f('ix_fact_patient_alert_practice_key'), table_name='fact_patient_alert', schema='core')
+    op.drop_index(op.f('ix_fact_patient_alert_patient_key'), table_name='fact_patient_alert', schema='core')
     op.drop_table('fact_patient_alert', schema='core')
+    op.drop_index(op.f('ix_fact_next_of_kin_practice_key'), table_name='fact_next_of_kin', schema='core')
+    op.drop_index(op.f('ix_fact_next_of_kin_patient_key'), table_name='fact_next_of_kin', schema='core')
     op.drop_table('fact_next_of_kin', schema='core')
+    op.drop_index(op.f('ix_fact_measurement_provider_key'), table_name='fact_measurement', schema='core')
+    op.drop_index(op.f('ix_fact_measurement_practice_key'), table_name='fact_measurement', schema='core')
+    op.drop_index(op.f('ix_fact_measurement_patient_key'), table_name='fact_measurement', schema='core')
     op.drop_table('fact_measurement', schema='core')
+    op.drop_index(op.f('ix_fact_invoice_detail_practice_key'), table_name='fact_invoice_detail', schema='core')
     op.drop_table('fact_invoice_detail', schema='core')
+    op.drop_index(op.f('ix_fact_invoice_provider_key'), table_name='fact_invoice', schema='core')
+    op.drop_index(op.f('ix_fact_invoice_practice_key'), table_name='fact_invoice', schema='core')
+    op.drop_index(op.f('ix_fact_invoice_patient_key'), table_name='fact_invoice', schema='core')
     op.drop_table('fact_invoice', schema='core')
+    op.drop_index(op.f('ix_fact_inbox_detail_practice_key'), table_name='fact_inbox_detail', schema='core')
+    op.drop_index(op.f('ix_fact_inbox_detail_patient_key'), table_name='fact_inbox_detail', schema='core')
     op.drop_table('fact_inbox_detail', schema='core')
+    op.drop_index(op.f('ix_fact_inbox_provider_key'), table_name='fact_inbox', schema='core')
+    op.drop_index(op.f('ix_fact_inbox_practice_key'), table_name='fact_inbox', schema='core')
+    op.drop_index(op.f('ix_fact_inbox_patient_key'), table_name='fact_inbox', schema='core')
     op.drop_table('fact_inbox', schema='core')
+    op.drop_index(op.f('ix_fact_immunisation_vaccine_key'), table_name='fact_immunisation', schema='core')
+    op.drop_index(op.f('ix_fact_immunisation_provider_key'), table_name='fact_immunisation', schema='core')
+    op.drop_index(op.f('ix_fact_immunisation_practice_key'), table_name='fact_immunisation', schema='core')
+    op.drop_index(op.f('ix_fact_immunisation_patient_key'), table_name='fact_immunisation', schema='core')
     op.drop_table('fact_immunisation', schema='core')
+    op.drop_index(op.f('ix_fact_diagnosis_practice_key'), table_name='fact_diagnosis', schema='core')
+    op.drop_index(op.f('ix_fact_diagnosis_patient_key'), table_name='fact_diagnosis', schema='core')
     op.drop_table('fact_diagnosis', schema='core')
+    op.drop_index(op.f('ix_fact_appointment_medication_provider_key'), table_name='fact_appointment_medication', schema='core')
+    op.drop_index(op.f('ix_fact_appointment_medication_practice_key'), table_name='fact_appointment_medication', schema='core')
+    op.drop_index(op.f('ix_fact_appointment_medication_patient_key'), table_name='fact_appointment_medication', schema='core')
+    op.drop_index(op.f('ix_fact_appointment_medication_medicine_key'), table_name='fact_appointment_medication', schema='core')
     op.drop_table('fact_appointment_medication', schema='core')
+    op.drop_index(op.f('ix_fact_appointment_provider_key'), table_name='fact_appointment', schema='core')
+    op.drop_index(op.f('ix_fact_appointment_practice_key'), table_name='fact_appointment', schema='core')
+    op.drop_index(op.f('ix_fact_appointment_patient_key'), table_name='fact_appointment', schema='core')
     op.drop_table('fact_appointment', schema='core')
+    op.drop_index(op.f('ix_fact_allergy_provider_key'), table_name='fact_allergy', schema='core')
+    op.drop_index(op.f('ix_fact_allergy_practice_key'), table_name='fact_allergy', schema='core')
+    op.drop_index(op.f('ix_fact_allergy_patient_key'), table_name='fact_allergy', schema='core')
+    op.drop_index(op.f('ix_fact_allergy_medicine_key'), table_name='fact_allergy', schema='core')
     op.drop_table('fact_allergy', schema='core')
     op.drop_table('reprocess_requests', schema='etl')
     op.drop_index(op.f('ix_dq_results_file_id'), table_name='dq_results', schema='etl')
@@ -5041,40 +5115,58 @@ def downgrade() -> None:
     op.drop_table('appointment_medications', schema='stg')
     op.drop_index(op.f('ix_allergies_allergy_id_practice_id_per_org_id'), table_name='allergies', schema='stg')
     op.drop_table('allergies', schema='stg')
+    op.drop_index(op.f('ix_vaccine_raw_load_file_id_row_number'), table_name='vaccine_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_vaccine_raw_date_extracted_extract_type'), table_name='vaccine_raw', schema='raw', postgresql_using='brin')
     op.drop_table('vaccine_raw', schema='raw')
+    op.drop_index(op.f('ix_recalls_raw_load_file_id_row_number'), table_name='recalls_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_recalls_raw_date_extracted_extract_type'), table_name='recalls_raw', schema='raw', postgresql_using='brin')
     op.drop_table('recalls_raw', schema='raw')
+    op.drop_index(op.f('ix_providers_raw_load_file_id_row_number'), table_name='providers_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_providers_raw_date_extracted_extract_type'), table_name='providers_raw', schema='raw', postgresql_using='brin')
     op.drop_table('providers_raw', schema='raw')
+    op.drop_index(op.f('ix_practice_info_raw_load_file_id_row_number'), table_name='practice_info_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_practice_info_raw_date_extracted_extract_type'), table_name='practice_info_raw', schema='raw', postgresql_using='brin')
     op.drop_table('practice_info_raw', schema='raw')
+    op.drop_index(op.f('ix_patients_raw_load_file_id_row_number'), table_name='patients_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_patients_raw_date_extracted_extract_type'), table_name='patients_raw', schema='raw', postgresql_using='brin')
     op.drop_table('patients_raw', schema='raw')
+    op.drop_index(op.f('ix_patient_alerts_raw_load_file_id_row_number'), table_name='patient_alerts_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_patient_alerts_raw_date_extracted_extract_type'), table_name='patient_alerts_raw', schema='raw', postgresql_using='brin')
     op.drop_table('patient_alerts_raw', schema='raw')
+    op.drop_index(op.f('ix_next_of_kin_raw_load_file_id_row_number'), table_name='next_of_kin_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_next_of_kin_raw_date_extracted_extract_type'), table_name='next_of_kin_raw', schema='raw', postgresql_using='brin')
     op.drop_table('next_of_kin_raw', schema='raw')
+    op.drop_index(op.f('ix_medicine_raw_load_file_id_row_number'), table_name='medicine_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_medicine_raw_date_extracted_extract_type'), table_name='medicine_raw', schema='raw', postgresql_using='brin')
     op.drop_table('medicine_raw', schema='raw')
+    op.drop_index(op.f('ix_measurements_raw_load_file_id_row_number'), table_name='measurements_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_measurements_raw_date_extracted_extract_type'), table_name='measurements_raw', schema='raw', postgresql_using='brin')
     op.drop_table('measurements_raw', schema='raw')
+    op.drop_index(op.f('ix_invoices_raw_load_file_id_row_number'), table_name='invoices_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_invoices_raw_date_extracted_extract_type'), table_name='invoices_raw', schema='raw', postgresql_using='brin')
     op.drop_table('invoices_raw', schema='raw')
+    op.drop_index(op.f('ix_invoice_detail_raw_load_file_id_row_number'), table_name='invoice_detail_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_invoice_detail_raw_date_extracted_extract_type'), table_name='invoice_detail_raw', schema='raw', postgresql_using='brin')
     op.drop_table('invoice_detail_raw', schema='raw')
+    op.drop_index(op.f('ix_inbox_raw_load_file_id_row_number'), table_name='inbox_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_inbox_raw_date_extracted_extract_type'), table_name='inbox_raw', schema='raw', postgresql_using='brin')
     op.drop_table('inbox_raw', schema='raw')
+    op.drop_index(op.f('ix_inbox_detail_raw_load_file_id_row_number'), table_name='inbox_detail_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_inbox_detail_raw_date_extracted_extract_type'), table_name='inbox_detail_raw', schema='raw', postgresql_using='brin')
     op.drop_table('inbox_detail_raw', schema='raw')
+    op.drop_index(op.f('ix_immunisations_raw_load_file_id_row_number'), table_name='immunisations_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_immunisations_raw_date_extracted_extract_type'), table_name='immunisations_raw', schema='raw', postgresql_using='brin')
     op.drop_table('immunisations_raw', schema='raw')
+    op.drop_index(op.f('ix_diagnoses_raw_load_file_id_row_number'), table_name='diagnoses_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_diagnoses_raw_date_extracted_extract_type'), table_name='diagnoses_raw', schema='raw', postgresql_using='brin')
     op.drop_table('diagnoses_raw', schema='raw')
+    op.drop_index(op.f('ix_appointments_raw_load_file_id_row_number'), table_name='appointments_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_appointments_raw_date_extracted_extract_type'), table_name='appointments_raw', schema='raw', postgresql_using='brin')
     op.drop_table('appointments_raw', schema='raw')
+    op.drop_index(op.f('ix_appointment_medications_raw_load_file_id_row_number'), table_name='appointment_medications_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_appointment_medications_raw_date_extracted_extract_type'), table_name='appointment_medications_raw', schema='raw', postgresql_using='brin')
     op.drop_table('appointment_medications_raw', schema='raw')
+    op.drop_index(op.f('ix_allergies_raw_load_file_id_row_number'), table_name='allergies_raw', schema='raw', postgresql_using='brin')
     op.drop_index(op.f('ix_allergies_raw_date_extracted_extract_type'), table_name='allergies_raw', schema='raw', postgresql_using='brin')
     op.drop_table('allergies_raw', schema='raw')
     op.drop_table('rejects_vaccine', schema='etl')

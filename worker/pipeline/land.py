@@ -10,6 +10,7 @@ no rows, and is recorded as failed with the row, the counts and the reason.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -52,6 +53,8 @@ class LandResult:
     rows: int = 0
     encoding: str | None = None
     error: str | None = None
+    spool_seconds: float | None = None
+    copy_seconds: float | None = None
 
 
 def copy_statement(spec: ExtractSpec) -> sql.Composed:
@@ -81,10 +84,16 @@ def lineage_prefix(record: ledger.FileRecord, file_hash: str, landed_at: datetim
 
 
 def _find_duplicate(conn: psycopg.Connection, record: ledger.FileRecord, file_hash: str) -> int | None:
+    """A loaded file of the same batch (extract, organisation, practice, window) with the same bytes:
+    the provider re-wrote the object, or delivered it again under another folder. The same bytes named
+    as another batch are a different batch (their rows get that batch's DateExtracted) and do load."""
     row = conn.execute(
         "SELECT file_id FROM etl.load_run_files WHERE file_hash = %s AND extract = %s AND file_id <> %s "
-        "AND status IN ('landed', 'staged', 'merged') ORDER BY file_id LIMIT 1",
-        (file_hash, record.extract, record.file_id),
+        "AND date_extracted = %s AND date_to = %s AND per_org_id IS NOT DISTINCT FROM %s "
+        "AND practice_id IS NOT DISTINCT FROM %s AND status IN ('landed', 'staged', 'merged') "
+        "ORDER BY file_id LIMIT 1",
+        (file_hash, record.extract, record.file_id, record.date_extracted, record.date_to, record.per_org_id,
+         record.practice_id),
     ).fetchone()
     return row[0] if row else None
 
@@ -119,7 +128,7 @@ def land_file(conn: psycopg.Connection, s3_client, file_id: int, settings: Setti
             log.error("file landing interrupted; will be retried", error=type(exc).__name__)
             raise
         log.info("file landed" if result.status == "landed" else f"file {result.status}", rows=result.rows,
-                 encoding=result.encoding)
+                 encoding=result.encoding, spool_seconds=result.spool_seconds, copy_seconds=result.copy_seconds)
         return result
 
 
@@ -133,6 +142,7 @@ def _land(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings)
             return LandResult(file_id, "already")
         spec = get_spec(record.extract)
         with tempfile.TemporaryFile(prefix="indici-") as spool:
+            started = time.perf_counter()
             file_hash, size = spool_version(
                 s3_client, record.s3_bucket, record.s3_key, record.s3_version_id, spool,
                 settings.s3_read_chunk_bytes,
@@ -145,6 +155,7 @@ def _land(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings)
                     (duplicate_of, file_hash, file_id),
                 )
                 return LandResult(file_id, "duplicate")
+            spooled = time.perf_counter()
             landed_at = datetime.now(timezone.utc)
             chunks = iter(lambda: spool.read(settings.s3_read_chunk_bytes), b"")
             reader = IndiciReader(chunks, spec.field_count)
@@ -165,4 +176,5 @@ def _land(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings)
                 (file_hash, reader.encoding + ("+bom" if reader.bom else ""), reader.rows_read, rows_raw,
                  landed_at, file_id),
             )
-            return LandResult(file_id, "landed", rows=rows_raw, encoding=reader.encoding)
+            return LandResult(file_id, "landed", rows=rows_raw, encoding=reader.encoding,
+                              spool_seconds=spooled - started, copy_seconds=time.perf_counter() - spooled)

@@ -16,7 +16,9 @@ from psycopg.types.json import Jsonb
 
 from worker.log import bound, get_logger
 from worker.pipeline import discovery, ledger
+from worker.pipeline.identity import ConfigurationError
 from worker.pipeline.land import land_file
+from worker.pipeline.merge import merge_run
 from worker.pipeline.stage import stage_file
 from worker.settings import Settings
 
@@ -50,9 +52,13 @@ class RunPlan:
     unparseable: int = 0
 
 
-def plan_run(conn: psycopg.Connection, s3_client, settings: Settings, selection: Selection) -> RunPlan:
-    """Start a run, discover and register its files; pending work of earlier runs comes first."""
-    run_id = ledger.start_run(conn, selection.kind, selection.as_params())
+def plan_run(
+    conn: psycopg.Connection, s3_client, settings: Settings, selection: Selection, run_id: int | None = None
+) -> RunPlan:
+    """Start a run (or take `run_id`, a run already created in etl.load_runs, e.g. by the CLI before it
+    enqueued the Celery path), discover and register its files; pending work of earlier runs comes first."""
+    if run_id is None:
+        run_id = ledger.start_run(conn, selection.kind, selection.as_params())
     plan = RunPlan(run_id)
     with bound(load_run_id=run_id):
         prefix = settings.s3_prefix
@@ -107,6 +113,9 @@ def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = 
     failed = by_status.get("failed", 0) + by_status.get("pending", 0) + by_status.get("landed", 0)
     ok = len(files) - failed
     status = "succeeded" if failed == 0 else ("partial" if ok else "failed")
+    run_error = conn.execute("SELECT error FROM etl.load_runs WHERE load_run_id = %s", (run_id,)).fetchone()[0]
+    if run_error:  # the merge failed: nothing of this run reached core
+        status = "failed"
     unparseable = conn.execute(
         "SELECT count(*) FROM etl.skipped_keys WHERE load_run_id = %s", (run_id,)
     ).fetchone()[0]
@@ -119,6 +128,7 @@ def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = 
         "rows_superseded": sum(f.rows_superseded or 0 for f in files),
         "unparseable_keys": unparseable,
         "failures": [{"file_id": f.file_id, "s3_key": f.s3_key, "error": f.error} for f in files if f.status == "failed"],
+        "error": run_error,
     }
     if started is not None:
         summary["seconds"] = round(time.monotonic() - started, 3)
@@ -132,7 +142,7 @@ def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = 
         INSERT INTO etl.health (extract, last_success_run_id, last_success_at, last_date_extracted, status)
         SELECT extract, %(run)s, now(), max(date_extracted), 'ok'
         FROM etl.load_run_files WHERE load_run_id = %(run)s
-        GROUP BY extract HAVING bool_and(status IN ('staged', 'merged', 'duplicate'))
+        GROUP BY extract HAVING bool_and(status IN ('merged', 'duplicate'))
         ON CONFLICT (extract) DO UPDATE SET last_success_run_id = EXCLUDED.last_success_run_id,
             last_success_at = EXCLUDED.last_success_at,
             last_date_extracted = greatest(etl.health.last_date_extracted, EXCLUDED.last_date_extracted),
@@ -144,13 +154,32 @@ def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = 
         """
         INSERT INTO etl.health (extract, status)
         SELECT extract, 'failing' FROM etl.load_run_files WHERE load_run_id = %(run)s
-        GROUP BY extract HAVING NOT bool_and(status IN ('staged', 'merged', 'duplicate'))
+        GROUP BY extract HAVING NOT bool_and(status IN ('merged', 'duplicate'))
         ON CONFLICT (extract) DO UPDATE SET status = 'failing', updated_at = now()
         """,
         {"run": run_id},
     )
     conn.commit()
     return {"load_run_id": run_id, "status": status, **summary}
+
+
+def merge_staged(conn: psycopg.Connection, run_id: int, settings: Settings) -> dict[str, Any] | None:
+    """Merge the run's staged files into core (dimensions, then facts). A failed merge rolls back, leaves
+    the files staged for the next run to merge, and is recorded on the run (which then fails). A missing
+    NHI_HMAC_KEY is a configuration error and propagates."""
+    try:
+        return merge_run(conn, run_id, settings)
+    except Exception as exc:
+        conn.rollback()
+        log.error("merge failed", error=type(exc).__name__)
+        conn.execute(
+            "UPDATE etl.load_runs SET error = %s WHERE load_run_id = %s",
+            (f"merge: {type(exc).__name__}: {exc}", run_id),
+        )
+        conn.commit()
+        if isinstance(exc, ConfigurationError):
+            raise
+        return None
 
 
 def run_inline(
@@ -177,6 +206,10 @@ def run_inline(
             if progress is not None:
                 progress(index, len(plan.file_ids), ledger.get(conn, file_id))
                 conn.commit()
-        summary = finalise_run(conn, plan.run_id, started)
+        try:
+            merge_summary = merge_staged(conn, plan.run_id, settings)
+        finally:  # a configuration error still closes the run (as failed) before it propagates
+            summary = finalise_run(conn, plan.run_id, started)
+    summary["merge"] = merge_summary
     summary["already_done"] = plan.already_done
     return summary

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 from contracts.model import ColumnSpec, ExtractSpec, PiiClass
 from contracts.types import NO_DATE_SENTINEL, ContractType
+from worker.pipeline.identity import nhi_is_valid  # the one NHI rule; the generator only builds NHIs
 
 # ---------------------------------------------------------------------------------------------------
 # NHI
@@ -37,30 +38,10 @@ from contracts.types import NO_DATE_SENTINEL, ContractType
 NHI_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I, no O; A=1 ... Z=24
 _NHI_VALUE = {ch: i + 1 for i, ch in enumerate(NHI_ALPHABET)}
 _NHI_VALUE.update({str(d): d for d in range(10)})
-_NHI_OLD = re.compile(r"^[A-HJ-NP-Z]{3}[0-9]{4}$")
-_NHI_NEW = re.compile(r"^[A-HJ-NP-Z]{3}[0-9]{2}[A-HJ-NP-Z]{2}$")
 
 
 def _nhi_sum(s: str) -> int:
     return sum(_NHI_VALUE[s[i]] * (7 - i) for i in range(6))
-
-
-def nhi_is_valid(s: str | None) -> bool:
-    """True iff ``s`` (trimmed, upper-cased) is a well-formed NHI whose check character is right.
-
-    Old format ``AAANNNC``: r = S mod 11; valid iff r != 0 and (11 - r) mod 10 == C.
-    New format ``AAANNAX``: valid iff 23 - (S mod 23) == value(X).
-    S = sum over i = 0..5 of value(n[i]) * (7 - i); letters exclude I and O, A=1 ... Z=24.
-    """
-    if s is None:
-        return False
-    s = s.strip().upper()
-    if _NHI_OLD.match(s):
-        r = _nhi_sum(s) % 11
-        return r != 0 and (11 - r) % 10 == int(s[6])
-    if _NHI_NEW.match(s):
-        return 23 - (_nhi_sum(s) % 23) == _NHI_VALUE[s[6]]
-    return False
 
 
 def _nhi_check_old(prefix6: str) -> str | None:

@@ -68,7 +68,7 @@ def test_published_sample_lands_byte_for_byte_with_lineage(pipeline_settings):
         pipeline_settings,
         "SELECT status, rows_read, rows_raw, rows_staged, rows_rejected, encoding FROM etl.load_run_files",
     )
-    assert ledger_row == [("staged", 2, 2, 2, 0, "utf-16-le")]
+    assert ledger_row == [("merged", 2, 2, 2, 0, "utf-16-le")]
 
 
 def test_values_that_look_like_other_types_survive(pipeline_settings):
@@ -113,7 +113,7 @@ def test_same_content_under_a_new_version_is_a_duplicate(pipeline_settings):
     summary = run(pipeline_settings)
     assert summary["by_status"] == {"duplicate": 1}
     statuses = query(pipeline_settings, "SELECT status, duplicate_of FROM etl.load_run_files ORDER BY file_id")
-    assert statuses == [("staged", None), ("duplicate", 1)]
+    assert statuses == [("merged", None), ("duplicate", 1)]
     assert query(pipeline_settings, "SELECT count(*) FROM raw.patients_raw") == [(2,)]
 
 
@@ -148,8 +148,8 @@ def test_explicit_reprocess_is_audited_and_reloads_once(pipeline_settings):
     with psycopg.connect(pipeline_settings.database_url.get_secret_value()) as conn:
         ledger.request_reprocess(conn, 1, "contract fix for IsTransferOfRecords", "test")
     summary = run(pipeline_settings)
-    assert summary["by_status"] == {"staged": 1}
+    assert summary["by_status"] == {"merged": 1}
     assert query(pipeline_settings, "SELECT count(*) FROM raw.patients_raw") == [(2,)]
     assert query(pipeline_settings, "SELECT count(*) FROM stg.patients") == [(2,)]
     audit = query(pipeline_settings, "SELECT file_id, requested_by, reason, previous_status FROM etl.reprocess_requests")
-    assert audit == [(1, "test", "contract fix for IsTransferOfRecords", "staged")]
+    assert audit == [(1, "test", "contract fix for IsTransferOfRecords", "merged")]

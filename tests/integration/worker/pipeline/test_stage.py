@@ -79,7 +79,7 @@ def test_bad_value_is_rejected_or_nullified_as_the_contract_says(pipeline_settin
     planted = [f for f in generated.faults if f.kind == kind]
     assert planted, "the generator planted nothing"
     summary = _load(pipeline_settings, generated)
-    assert summary["by_status"] == {"staged": 1}, summary
+    assert summary["by_status"] == {"merged": 1}, summary
     _assert_reconciled(pipeline_settings, generated)
 
     stg = _stg_rows(pipeline_settings, APPOINTMENTS, [f.column for f in planted])
@@ -218,7 +218,7 @@ def test_a_broken_file_lands_no_rows_and_does_not_stop_the_others(pipeline_setti
     put_file(s3, pipeline_settings.s3_bucket, good.name, good.data)
     summary = run(pipeline_settings)
     assert summary["status"] == "partial"
-    assert summary["by_status"] == {"failed": 1, "staged": 1}
+    assert summary["by_status"] == {"failed": 1, "merged": 1}
     (failure,) = summary["failures"]
     assert failure["s3_key"] == broken.name
     assert broken.name in failure["error"] and f"row {fault.row_number}" in failure["error"]
