@@ -12,6 +12,8 @@ from datetime import date
 
 from pydantic import ValidationError
 
+from worker.pipeline.identity import ConfigurationError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -48,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(backfill)
 
     sub.add_parser("health", help="print the health JSON")
+
+    trace = sub.add_parser("trace", help="show where a core row came from (versions, stg, raw, files, runs)")
+    trace.add_argument("table", help="core table (dim_patient, core.fact_appointment) or extract name")
+    trace.add_argument("key", nargs="+", help="natural key values in order, e.g. 123 535 685146")
+
+    serve_health = sub.add_parser("serve-health", help="serve GET /health over HTTP (200 healthy, 503 not)")
+    serve_health.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve_health.add_argument("--port", type=int, default=8080, help="port to listen on")
 
     reprocess = sub.add_parser("reprocess", help="explicitly load a file version again (audited)")
     reprocess.add_argument("file_id", type=int)
@@ -99,8 +109,26 @@ def _run(args, selection) -> int:
 
     settings = _settings()
     if not args.inline:
-        print("the Celery path is not built yet: use --inline", file=sys.stderr)
-        return EXIT_USAGE
+        # The Celery path: the run row is created here (so its id is known at once), the workers do
+        # the rest; --wait follows the run in etl.load_runs, not in Celery's results.
+        from worker import orchestration
+
+        try:
+            run_id = orchestration.enqueue_run(settings, selection)
+        except orchestration.EnqueueError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAILED
+        if not args.wait:
+            print_summary({"load_run_id": run_id, "status": "running"})
+            return EXIT_OK
+        try:
+            summary = orchestration.wait_for_run(
+                settings, run_id, progress=orchestration.FileProgress(run_id, _print_progress))
+        except KeyboardInterrupt:
+            print(f"stopped waiting; run {run_id} goes on in the workers", file=sys.stderr)
+            return EXIT_FAILED
+        print_summary(summary)
+        return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
     with connect(settings) as conn:
         summary = run_inline(conn, make_client(settings), settings, selection, progress=_print_progress)
     print_summary(summary)
@@ -134,6 +162,26 @@ def cmd_health(args) -> int:
     return EXIT_OK if report["status"] == "ok" else EXIT_FAILED
 
 
+def cmd_serve_health(args) -> int:
+    from worker.health_http import serve
+
+    serve(_settings(), args.host, args.port)
+    return EXIT_OK
+
+
+def cmd_trace(args) -> int:
+    from worker.io.db import connect
+    from worker.pipeline.trace import trace
+
+    try:
+        with connect(_settings()) as conn:
+            print_summary(trace(conn, args.table, args.key))
+    except (KeyError, ValueError, LookupError) as exc:
+        print(f"trace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def cmd_reprocess(args) -> int:
     from worker.io.db import connect
     from worker.pipeline import ledger
@@ -161,7 +209,9 @@ COMMANDS = {
     "run": cmd_run,
     "backfill": cmd_backfill,
     "health": cmd_health,
+    "serve-health": cmd_serve_health,
     "reprocess": cmd_reprocess,
+    "trace": cmd_trace,
     "synth": cmd_synth,
     "demo": cmd_demo,
 }
@@ -178,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.log_level)
     try:
         return COMMANDS[args.command](args)
-    except ValidationError as exc:
+    except (ValidationError, ConfigurationError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -1,0 +1,128 @@
+"""The Celery app: `celery -A worker.app worker | beat | flower`.
+
+Configuration comes from the one Settings class (the same environment as the CLI). This is the only
+module that reads the broker and result-backend secrets.
+
+Delivery choices, and why:
+- `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its task
+  finished, so a worker killed half-way through a file gives the file to another worker instead of
+  losing it. That means a task can run twice; every task is idempotent (advisory locks and unique
+  constraints in Postgres decide, see worker/pipeline/ledger.py), so a second run does nothing.
+- `worker_prefetch_multiplier=1`: tasks are long (a file, a merge); a worker process should not hold a
+  queue of them that an idle process could be running.
+- Redis `visibility_timeout`: with late acks, Redis redelivers a message that has not been acknowledged
+  within this time, even if its worker is still busy. It must exceed the longest task (landing a
+  multi-GB extract, a full-history merge) plus the longest retry countdown, or a second worker would
+  start the same file (safe, it waits on the file's lock and then finds it done, but wasted). It also
+  bounds how long a file whose worker was killed with -9 waits before it is tried again.
+- JSON only, in both directions: task arguments are ids, dates and strings (see worker/tasks.py), and
+  a pickle-capable worker would be a code-execution hole for anyone who can write to Redis.
+- `timezone='Pacific/Auckland'` with `enable_utc=True`: messages and stored times stay UTC; beat's
+  crontab entries are read as New Zealand wall-clock times (scheduler/beat.py explains the DST choice).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from celery import Celery, signals
+
+from scheduler import BEAT_SCHEDULE
+from worker import log
+from worker.settings import Settings, get_settings
+
+# Seconds. See the module docstring: longest task + longest retry countdown, with a wide margin.
+VISIBILITY_TIMEOUT = 6 * 60 * 60
+# Results are only read by Celery itself (chord counting); nothing waits on them. Keep them a couple
+# of days so Flower can still show what a night's run returned.
+RESULT_EXPIRES = 2 * 24 * 60 * 60
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery_app = Celery("indici_ingest", include=["worker.tasks"])
+    celery_app.conf.update(
+        broker_url=settings.celery_broker_url.get_secret_value(),
+        result_backend=settings.celery_result_backend.get_secret_value(),
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        timezone="Pacific/Auckland",
+        enable_utc=True,
+        beat_schedule=BEAT_SCHEDULE,
+        result_expires=RESULT_EXPIRES,
+        result_extended=False,  # never copy task arguments into the result backend
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_connection_retry_on_startup=True,
+        # A broker connection loss means every unacknowledged message will be redelivered; cancel the
+        # running copies instead of finishing work another worker is about to repeat.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # The pipeline writes JSON lines to stderr itself; Celery's redirect would wrap each of them
+        # in a second, non-JSON log line.
+        worker_redirect_stdouts=False,
+        task_send_sent_event=True,  # Flower shows queued tasks, not only started ones
+        worker_send_task_events=True,
+    )
+    return celery_app
+
+
+app = make_app()
+
+
+def connection_error(timeout: float = 2.0) -> str | None:
+    """None when the broker answers, else the kind of error (no URL: it may hold a password)."""
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+        return None
+    except Exception as exc:  # any failure means "unreachable" for a health check
+        return type(exc).__name__
+
+
+# -- logging -----------------------------------------------------------------------------------------
+def configure_logging(level: str | int = "INFO") -> None:
+    """JSON lines on stderr for the pipeline (structlog) and for Celery's own messages (stdlib)."""
+    name = logging.getLevelName(level) if isinstance(level, int) else str(level).upper()
+    log.configure(name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(name)
+
+
+_level: str | int = "INFO"
+
+
+@signals.setup_logging.connect
+def _on_setup_logging(loglevel=None, **_kwargs) -> None:
+    """Connected, so Celery leaves logging to us (worker and beat main processes)."""
+    global _level
+    _level = loglevel or "INFO"
+    configure_logging(_level)
+
+
+@signals.worker_process_init.connect
+def _on_worker_process_init(**_kwargs) -> None:
+    """Each prefork child configures again: nothing logged before the fork is assumed to carry over."""
+    configure_logging(_level)

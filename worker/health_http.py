@@ -1,0 +1,97 @@
+"""`GET /health` over HTTP: the health report (worker/pipeline/health.py) plus broker reachability.
+
+200 when the report's status is "ok" and the broker answers, 503 otherwise (a load balancer or
+monitor only needs the code; the JSON says why). Any other path or method: 404.
+
+One endpoint does not justify a web framework: the standard library's ThreadingHTTPServer, one
+database connection per request (nothing is shared between threads, and a database restart is seen
+by the next request instead of poisoning a pooled connection).
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+from worker.io.db import connect
+from worker.log import get_logger
+from worker.pipeline.health import health_report
+from worker.settings import Settings
+
+log = get_logger(__name__)
+
+
+def broker_error() -> str | None:
+    from worker.app import connection_error
+
+    return connection_error()
+
+
+def health_response(settings: Settings) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of one health check."""
+    try:
+        with connect(settings, autocommit=True) as conn:
+            report = health_report(conn)
+    except psycopg.Error as exc:  # the class only: a message may name hosts or users
+        report = {"status": "database_unreachable", "error": type(exc).__name__}
+    error = broker_error()
+    report["broker"] = {"reachable": error is None, **({"error": error} if error else {})}
+    if report["status"] == "ok" and error is not None:
+        report["status"] = "broker_unreachable"
+    return (HTTPStatus.OK if report["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE), report
+
+
+class HealthHandler(BaseHTTPRequestHandler):
+    server_version = "indici-ingest-health"
+    settings: Settings  # set by make_server on a subclass
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, default=str).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if urlsplit(self.path).path != "/health":
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return
+        status, body = health_response(self.settings)
+        self._send(status, body)
+
+    def _not_found(self) -> None:
+        self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    do_HEAD = do_GET
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_found
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        # JSON lines like the rest of the service (the default writes Apache-style text to stderr).
+        log.info("http request", method=self.command, path=urlsplit(self.path or "").path,
+                 status=args[1] if len(args) > 1 else None)
+
+
+def make_server(settings: Settings, host: str = "0.0.0.0", port: int = 8080) -> ThreadingHTTPServer:
+    handler = type("BoundHealthHandler", (HealthHandler,), {"settings": settings})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True  # a hung request never blocks shutdown
+    return server
+
+
+def serve(settings: Settings, host: str = "0.0.0.0", port: int = 8080) -> None:
+    server = make_server(settings, host, port)
+    log.info("health endpoint listening", host=host, port=server.server_address[1], path="/health")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
