@@ -22,12 +22,16 @@ def include_name(name, type_, parent_names) -> bool:
 
 
 def _become_owner(connection) -> None:
-    """Run as the owner role once it exists, so tables belong to it and default privileges apply."""
+    """Run as the owner role once this database has been set up by revision 0001 (its schemas exist),
+    so tables belong to the owner and its default privileges apply. Before that, revision 0001 runs as
+    the connecting user: it creates the roles (cluster-wide, maybe already there from another database)
+    and the schemas, and hands alembic's own table to the owner."""
     owner = roles(config.attributes.get("settings")).owner
     can = connection.execute(
         text(
-            "SELECT coalesce((SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles "
-            "WHERE rolname = :r), false)"
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner "
+            "WHERE n.nspname = 'etl' AND r.rolname = :r) "
+            "AND coalesce((SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = :r), false)"
         ),
         {"r": owner},
     ).scalar()

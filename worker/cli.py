@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job end to end on generated data")
     demo.add_argument("--patients", type=int, default=300, help="size of the generated population")
     demo.add_argument("--keep", action="store_true", help="leave the demo's services running")
+    demo.add_argument("--inline", action="store_true", help="run the steps in this process, without Celery")
     return parser
 
 
@@ -201,7 +202,7 @@ def cmd_synth(args) -> int:
 def cmd_demo(args) -> int:
     from worker.demo import run_demo
 
-    return run_demo(patients=args.patients, keep=args.keep)
+    return run_demo(patients=args.patients, keep=args.keep, inline=args.inline)
 
 
 COMMANDS = {

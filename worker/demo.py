@@ -1,9 +1,11 @@
 """`indici-ingest demo`: the main job end to end on generated data, on a fresh machine.
 
 Services: the configured Postgres (DATABASE_URL), else the local one on 127.0.0.1:5432 (a fresh
-`indici_demo` database), else an embedded Postgres (pgserver) under .demo/; a moto S3 server in server
-mode with a versioned bucket. The generator writes a full batch and two weekly deltas (with a few planted
-faults) and each batch is loaded by the nightly run as it "arrives", like three real nights.
+`indici_demo` database), else an embedded Postgres (pgserver) under .demo/; the configured Redis
+(CELERY_BROKER_URL), else the local one on 127.0.0.1:6379 (database 5), else a redis-server started for
+the demo; a moto S3 server in server mode with a versioned bucket; a real Celery worker process. The
+generator writes a full batch and two weekly deltas (with a few planted faults) and each batch is loaded
+by the nightly run as it "arrives", like three real nights. `--inline` runs the same steps without Celery.
 """
 
 from __future__ import annotations
@@ -76,11 +78,48 @@ def _start_moto() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the moto S3 server did not start (see .demo/moto.log)")
 
 
+def _redis_url() -> tuple[str, str, subprocess.Popen | None]:
+    """(broker url, where, process we started or None)."""
+    if os.environ.get("CELERY_BROKER_URL"):
+        return os.environ["CELERY_BROKER_URL"], "configured CELERY_BROKER_URL", None
+    if _listening("127.0.0.1", 6379):
+        return "redis://127.0.0.1:6379/5", "local Redis on 127.0.0.1:6379, database 5", None
+    port = _free_port()
+    DEMO_DIR.mkdir(exist_ok=True)
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if _listening("127.0.0.1", port):
+            return f"redis://127.0.0.1:{port}/0", f"redis-server started for the demo on port {port}", proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def _start_worker() -> subprocess.Popen:
+    """A real Celery worker process (two processes, like a small production worker)."""
+    celery = Path(sys.executable).with_name("celery")
+    command = [str(celery)] if celery.exists() else [sys.executable, "-m", "celery"]
+    log = open(DEMO_DIR / "worker.log", "ab")
+    return subprocess.Popen([*command, "-A", "worker.app", "worker", "--pool=prefork", "--concurrency=2",
+                             "--loglevel=INFO", "--hostname=demo@%h"], stdout=log, stderr=log)
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _section(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)), flush=True)
 
 
-def run_demo(patients: int = 300, keep: bool = False) -> int:
+def run_demo(patients: int = 300, keep: bool = False, inline: bool = False) -> int:
     from worker.cli import _print_progress
     from worker.io.db import connect
     from worker.io.s3 import make_client
@@ -95,11 +134,18 @@ def run_demo(patients: int = 300, keep: bool = False) -> int:
     print(f"Postgres: {where}")
     moto, endpoint = _start_moto()
     print(f"S3: moto server at {endpoint}, bucket {BUCKET} (versioned)")
-    os.environ.update({
+    redis_proc = worker = None
+    env = {
         "DATABASE_URL": url, "S3_ENDPOINT_URL": endpoint, "S3_BUCKET": BUCKET,
         "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "demo"),
         "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "demo"),
-    })
+    }
+    if not inline:
+        broker, broker_where, redis_proc = _redis_url()
+        env["CELERY_BROKER_URL"] = broker
+        env["CELERY_RESULT_BACKEND"] = os.environ.get("CELERY_RESULT_BACKEND", broker)
+        print(f"Redis: {broker_where}")
+    os.environ.update(env)
     if not os.environ.get("NHI_HMAC_KEY"):
         os.environ["NHI_HMAC_KEY"] = "demo-only-key-not-secret"
         print("NHI_HMAC_KEY: a demo-only key (set your own secret in production)")
@@ -111,6 +157,9 @@ def run_demo(patients: int = 300, keep: bool = False) -> int:
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         upgrade(settings)
         print("schema migrated (raw, stg, etl, core)")
+        if not inline:
+            worker = _start_worker()
+            print(f"Celery worker started (pid {worker.pid}; log in {DEMO_DIR / 'worker.log'})")
 
         _section("generated extracts")
         t0 = time.monotonic()
@@ -123,26 +172,44 @@ def run_demo(patients: int = 300, keep: bool = False) -> int:
         for batch in batches:
             _section(f"night {batch.index + 1}: {batch.kind} batch extracted {batch.date_extracted:%Y-%m-%d %H:%M}")
             write_s3(batch.files, BUCKET, "", s3)
-            with connect(settings) as conn:
-                summary = run_inline(conn, s3, settings, Selection(), progress=_print_progress)
+            if inline:
+                with connect(settings) as conn:
+                    summary = run_inline(conn, s3, settings, Selection(), progress=_print_progress)
+            else:
+                summary = _nightly_via_celery(settings, _print_progress)
             summaries.append(summary)
             print(f"run {summary['load_run_id']}: {summary['status']} - {summary['files']} files, "
                   f"{summary['rows_read']} rows read, {summary['rows_staged']} staged, "
                   f"{summary['rows_rejected']} rejected, {summary['rows_superseded']} superseded "
-                  f"in {summary.get('seconds', 0):.1f}s")
+                  f"in {summary.get('seconds') or 0:.1f}s")
         planted = {f.name for b in batches for f in b.files if f.fatal_fault}
         failed = {f["s3_key"] for s in summaries for f in s["failures"]}
         _report(settings, summaries, time.monotonic() - started)
-        if failed == planted:
+        if not inline:
+            print("\nwhile services run (--keep): celery -A worker.app flower  (http://localhost:5555), "
+                  "indici-ingest serve-health  (http://localhost:8080/health)")
+        if failed == planted and not any(s.get("error") for s in summaries):
             print(f"\nthe {len(failed)} failed file(s) are exactly those with a planted fatal fault: as expected")
             return 0
-        print(f"\nUNEXPECTED: failed {sorted(failed - planted)}; planted but not failed {sorted(planted - failed)}")
+        print(f"\nUNEXPECTED: failed {sorted(failed - planted)}; planted but not failed {sorted(planted - failed)}; "
+              f"run errors {[s.get('error') for s in summaries if s.get('error')]}")
         return 1
     finally:
         if keep:
             print(f"\nservices left running: moto at {endpoint} (pid {moto.pid}); DATABASE_URL={url}")
         else:
+            _stop(worker)
+            _stop(redis_proc)
             moto.terminate()
+
+
+def _nightly_via_celery(settings, printer) -> dict:
+    """What beat does every night, then wait for the workers to finish it."""
+    from worker import orchestration
+
+    run_id = orchestration.enqueue_run(settings, Selection())
+    return orchestration.wait_for_run(settings, run_id, timeout=1800, poll=0.5,
+                                      progress=orchestration.FileProgress(run_id, printer))
 
 
 def _report(settings, summaries: list[dict], seconds: float) -> None:
@@ -170,20 +237,33 @@ def _report(settings, summaries: list[dict], seconds: float) -> None:
         for key, error in failed:
             print(f"failed file: {error}")
         unmapped = conn.execute(
-            "SELECT extract, column_name, detail FROM etl.dq_results WHERE check_name = 'unmapped_domain_values' "
-            "ORDER BY dq_result_id DESC LIMIT 5"
+            "SELECT extract, column_name, array_agg(DISTINCT v ORDER BY v) FROM etl.dq_results, "
+            "jsonb_array_elements_text(detail -> 'values') AS v WHERE check_name = 'unmapped_domain_values' "
+            "GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 8"
         ).fetchall()
-        for extract, column, detail in unmapped:
-            print(f"unmapped domain values in {extract}.{column}: {', '.join(detail['values'][:5])}")
+        if unmapped:
+            print("domain values seen but not mapped yet (map them in etl.domain_*):")
+        for extract, column, values in unmapped:
+            print(f"  {extract}.{column}: {', '.join(values[:8])}{' ...' if len(values) > 8 else ''}")
         core = conn.execute(
             "SELECT count(*) FILTER (WHERE NOT is_current), count(*) FROM core.dim_patient"
         ).fetchone()
         print(f"core.dim_patient: {core[1]} rows, {core[0]} closed SCD2 versions")
+        facts = conn.execute(
+            "SELECT (SELECT count(*) FROM core.fact_appointment), (SELECT count(*) FROM core.fact_immunisation), "
+            "(SELECT count(*) FROM core.fact_invoice), (SELECT count(*) FROM core.dim_patient WHERE is_inferred), "
+            "(SELECT count(*) FROM core.dim_patient WHERE NOT nhi_valid)"
+        ).fetchone()
+        print(f"core facts: {facts[0]} appointments, {facts[1]} immunisations, {facts[2]} invoices; "
+              f"{facts[3]} inferred patients, {facts[4]} patient versions with an invalid NHI")
     print(f"total time {seconds:.1f}s")
     print(
         "\nlook further:\n"
         "  psql \"$DATABASE_URL\" -c 'SELECT load_run_id, status, summary FROM etl.load_runs'\n"
         "  psql \"$DATABASE_URL\" -c 'SELECT row_number, field_errors FROM etl.rejects_appointments LIMIT 5'\n"
         "  psql \"$DATABASE_URL\" -c 'SELECT * FROM etl.dq_results WHERE NOT passed'\n"
+        "  psql \"$DATABASE_URL\" -c 'SELECT patient_id, family_name, effective_from, effective_to, is_current "
+        "FROM core.dim_patient ORDER BY patient_id, effective_from LIMIT 20'\n"
+        "  indici-ingest trace dim_patient <patient_id> <practice_id> <per_org_id>\n"
         "  indici-ingest health"
     )
