@@ -176,10 +176,14 @@ def cmd_trace(args) -> int:
 
     try:
         with connect(_settings()) as conn:
-            print_summary(trace(conn, args.table, args.key))
+            result = trace(conn, args.table, args.key)
     except (KeyError, ValueError, LookupError) as exc:
         print(f"trace: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    print_summary(result)
+    if not result["core"] and not result["stg"]:
+        print(f"trace: no row of {result['table']} or its staging has the key {result['key']}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

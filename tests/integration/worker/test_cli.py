@@ -79,3 +79,16 @@ def test_backfill_selects_by_date_and_extract(pipeline_settings):
                                   ["no-such-command"]])
 def test_bad_usage_exits_2(pipeline_settings, args):
     assert _cli(pipeline_settings, *args).returncode == 2
+
+
+def test_trace_prints_a_patients_history_and_fails_for_an_unknown_key(pipeline_settings):
+    put_fixture(make_client(pipeline_settings), pipeline_settings.s3_bucket, SAMPLE_PATIENTS)
+    assert _cli(pipeline_settings, "run", "--inline").returncode == 0
+    done = _cli(pipeline_settings, "--log-level", "ERROR", "trace", "dim_patient", "9545417", "535", "685146")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert len(result["core"]) == 1 and result["core"][0]["row_number"] == 1
+    assert SAMPLE_PATIENTS.name in json.dumps(result["files"])
+    assert "ZZZ0121" not in done.stdout  # trace shows lineage, never the NHI
+    missing = _cli(pipeline_settings, "--log-level", "ERROR", "trace", "dim_patient", "1", "535", "685146")
+    assert missing.returncode == 1 and "no row" in missing.stderr
