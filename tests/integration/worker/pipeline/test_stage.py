@@ -270,3 +270,26 @@ def test_reject_rate_over_the_threshold_fails_the_file(pipeline_settings):
     checks = dict(query(pipeline_settings, "SELECT check_name, passed FROM etl.dq_results WHERE column_name IS NULL "
                                            "AND check_name IN ('reject_rate', 'reconciliation')"))
     assert checks == {"reject_rate": False, "reconciliation": True}
+
+
+def test_a_nul_character_fails_the_file_with_its_row(pipeline_settings):
+    generated = _appointments_file({})
+    row = list(generated.rows[2])
+    text_column = next(c.column for c in APPOINTMENTS.columns if c.type is ContractType.TEXT)
+    row[APPOINTMENTS.column_names.index(text_column)] = "a\x00b"  # Postgres text cannot hold NUL
+    generated.rows[2] = row
+    generated.data = generated.encode()
+    summary = _load(pipeline_settings, generated)
+    (failure,) = summary["failures"]
+    assert "row 3" in failure["error"]
+    detail = query(pipeline_settings, "SELECT error_detail FROM etl.load_run_files")[0][0]
+    assert detail["kind"] == "nul" and detail["row_number"] == 3
+    assert query(pipeline_settings, "SELECT count(*) FROM raw.appointments_raw") == [(0,)]
+
+
+def test_an_empty_file_is_a_valid_file_with_no_rows(pipeline_settings):
+    generated = _appointments_file({})
+    put_file(make_client(pipeline_settings), pipeline_settings.s3_bucket, generated.name, b"\xff\xfe")  # BOM only
+    summary = run(pipeline_settings)
+    assert summary["status"] == "succeeded" and summary["rows_read"] == 0
+    assert query(pipeline_settings, "SELECT status, rows_read, rows_staged FROM etl.load_run_files") == [("merged", 0, 0)]
