@@ -91,6 +91,21 @@ def domains() -> dict[str, list[tuple[str, str]]]:
     return dict(sorted(found.items()))
 
 
+DOMAINS_FILE = Path(__file__).resolve().parent / "domains.yaml"
+
+
+@lru_cache(maxsize=1)
+def known_domain_values(path: Path = DOMAINS_FILE) -> dict[str, dict[str, str]]:
+    """Domain name -> {value: label} of the values documented publicly (contracts/domains.yaml)."""
+    with path.open(encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    used = domains()
+    unknown = sorted(set(data) - set(used))
+    if unknown:
+        raise ContractError(f"{path.name}: domains {unknown} are used by no contract column")
+    return {name: {str(v): str(label) for v, label in values.items()} for name, values in data.items()}
+
+
 def dimension_for(extract: str) -> ExtractSpec | None:
     """The dimension spec an extract's id is kept in, if that extract is a dimension."""
     spec = get(extract)

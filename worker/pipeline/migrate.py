@@ -9,7 +9,8 @@ from alembic import command
 from alembic.config import Config
 from psycopg import sql
 
-from contracts.registry import load_all
+from contracts import naming
+from contracts.registry import known_domain_values, load_all
 from worker.io.db import connect
 from worker.settings import Settings, get_settings
 
@@ -53,7 +54,8 @@ def contract_defaults() -> list[tuple[str, str, object]]:
 
 
 def sync_config_defaults(settings: Settings | None = None) -> int:
-    """Insert missing defaults; never overwrite a value an operator has set. Returns rows added."""
+    """Insert missing etl.config defaults (never overwriting a value an operator has set) and the
+    documented domain values (contracts/domains.yaml). Returns the config rows added."""
     added = 0
     with connect(settings) as conn:
         for extract, key, value in contract_defaults():
@@ -65,5 +67,19 @@ def sync_config_defaults(settings: Settings | None = None) -> int:
                 (extract, key, json.dumps(value)),
             )
             added += cur.rowcount
+        for domain, values in known_domain_values().items():
+            # Documented values are mapped; a value someone already curated keeps its label.
+            with conn.cursor() as cur:
+                cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (value, label, is_mapped) VALUES (%s, %s, true) "
+                        "ON CONFLICT (value) DO UPDATE SET label = EXCLUDED.label, is_mapped = true "
+                        "WHERE NOT {}.is_mapped"
+                    ).format(
+                        sql.Identifier(naming.ETL, naming.domain_table(domain)),
+                        sql.Identifier(naming.domain_table(domain)),
+                    ),
+                    sorted(values.items()),
+                )
         conn.commit()
     return added

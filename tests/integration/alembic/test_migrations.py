@@ -122,3 +122,11 @@ def test_tables_added_later_get_the_same_grants(migrated_db):
     finally:
         with _as_role(migrated_db.url, owner) as conn:
             conn.execute("DROP TABLE core.later_table, raw.later_table")
+
+
+def test_documented_domain_values_are_seeded_as_mapped(migrated_db):
+    with psycopg.connect(migrated_db.url) as conn:
+        rows = dict(conn.execute("SELECT value, label FROM etl.domain_ethnicity_code WHERE is_mapped").fetchall())
+    # From shared/indici/README.md's list of level 2 codes.
+    assert rows["21"] == "Maori" and rows["11"] == "NZ European" and rows["99"] == "Not stated"
+    assert len(rows) == 25
