@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from contracts import naming
 from contracts.model import ExtractSpec, FactSpec, PiiClass
 from contracts.registry import load_all
+from contracts.relations import references
 from contracts.types import rule_for
 
 TZ = TIMESTAMP(timezone=True)
@@ -336,16 +337,13 @@ def _core_table(metadata: MetaData, spec: ExtractSpec, dims: dict[str, ExtractSp
     nk = spec.natural_key
     extra: list = []
     if isinstance(spec.core, FactSpec):
-        refs = [c for c in spec.columns if c.references in dims]
-        if "practice_id" in spec.column_names and "PracticeInfo" in dims:
-            refs = [spec.column("practice_id"), *refs]
         fk_columns = []
-        for ref in refs:
-            target = dims["PracticeInfo" if ref.column == "practice_id" else ref.references]
+        for ref in references(spec, {**dims, spec.extract: spec}):
+            target = ref.target
             target_key = naming.surrogate_key(target.core.table)
             fk_columns.append(
                 Column(
-                    naming.reference_key(ref.column),
+                    ref.fk,
                     BigInteger,
                     ForeignKey(f"core.{target.core.table}.{target_key}"),
                     comment=f"Version of {target.core.table} valid at the fact's main date",

@@ -42,6 +42,7 @@ from psycopg import sql
 
 from contracts import naming
 from contracts.model import ColumnSpec, ExtractSpec, FactSpec, PiiClass
+from contracts.relations import Reference, references  # noqa: F401  (Reference: re-exported)
 from contracts.schema import core_attribute_columns
 from contracts.types import SOURCE_TIME_ZONE, ContractType
 
@@ -175,35 +176,6 @@ def _full_for(alias: str) -> sql.Composable:
     ).format(a=sql.Identifier(alias))
 
 
-# -- dimension references of facts ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Reference:
-    """A fact column that points at a dimension: core FK column fk -> target's surrogate key."""
-
-    column: str  # fact column holding the target's id (patient_id, practice_id, ...)
-    target: ExtractSpec
-    fk: str  # core FK column (patient_key)
-    match: tuple[tuple[str, str], ...]  # (target natural-key column, fact column)
-
-
-def references(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> list[Reference]:
-    """The FK columns of a fact's core table, in the same order and with the same rule as schema.py."""
-    if spec.is_dimension:
-        return []
-    dims = {n: s for n, s in specs.items() if s.is_dimension}
-    refs = [c for c in spec.columns if c.references in dims]
-    if "practice_id" in spec.column_names and "PracticeInfo" in dims:
-        refs = [spec.column("practice_id"), *refs]
-    out = []
-    for ref in refs:
-        target = dims["PracticeInfo" if ref.column == "practice_id" else ref.references]
-        match = [(target.natural_key[0], ref.column)]
-        for other in target.natural_key[1:]:
-            if other not in spec.column_names:
-                raise ValueError(f"{spec.extract}.{ref.column}: no column {other} to match {target.extract}")
-            match.append((other, other))
-        out.append(Reference(ref.column, target, naming.reference_key(ref.column), tuple(match)))
-    return out
 
 
 def referencing(dim: ExtractSpec, specs: dict[str, ExtractSpec]) -> list[tuple[ExtractSpec, Reference]]:

@@ -53,30 +53,25 @@ def _rule_counts(conn, spec: ExtractSpec, file_id: int) -> list[tuple[str | None
     return conn.execute(query, {"f": file_id}).fetchall()
 
 
-def _empty_rates(conn, spec: ExtractSpec, file_id: int, columns: list[str]) -> dict[str, float]:
+def _share(conn, table: sql.Identifier, file_id: int, columns: list[str], condition: str) -> dict[str, float]:
+    """Per column, the share of the file's rows in `table` for which `condition` ({} = the column) holds."""
     if not columns:
         return {}
-    counts = sql.SQL(", ").join(
-        sql.SQL("avg(CASE WHEN btrim({}) = '' THEN 1.0 ELSE 0.0 END)").format(sql.Identifier(c)) for c in columns
+    shares = sql.SQL(", ").join(
+        sql.SQL("avg(CASE WHEN " + condition + " THEN 1.0 ELSE 0.0 END)").format(sql.Identifier(c)) for c in columns
     )
-    query = sql.SQL("SELECT {} FROM {} WHERE load_file_id = %s").format(
-        counts, sql.Identifier(naming.RAW, naming.raw_table(spec))
-    )
-    row = conn.execute(query, (file_id,)).fetchone()
+    row = conn.execute(sql.SQL("SELECT {} FROM {} WHERE load_file_id = %s").format(shares, table), (file_id,)).fetchone()
     return {c: float(v) if v is not None else 0.0 for c, v in zip(columns, row)}
+
+
+def _empty_rates(conn, spec: ExtractSpec, file_id: int, columns: list[str]) -> dict[str, float]:
+    """Empty values in raw (before any rule), for required and key columns."""
+    return _share(conn, sql.Identifier(naming.RAW, naming.raw_table(spec)), file_id, columns, "btrim({}) = ''")
 
 
 def _stg_null_rates(conn, spec: ExtractSpec, file_id: int, columns: list[str]) -> dict[str, float]:
-    if not columns:
-        return {}
-    rates = sql.SQL(", ").join(
-        sql.SQL("avg(CASE WHEN {} IS NULL THEN 1.0 ELSE 0.0 END)").format(sql.Identifier(c)) for c in columns
-    )
-    query = sql.SQL("SELECT {} FROM {} WHERE load_file_id = %s").format(
-        rates, sql.Identifier(naming.STG, naming.stg_table(spec))
-    )
-    row = conn.execute(query, (file_id,)).fetchone()
-    return {c: float(v) if v is not None else 0.0 for c, v in zip(columns, row)}
+    """NULLs in stg (empty or nullified), for the columns with a max_null_rate threshold."""
+    return _share(conn, sql.Identifier(naming.STG, naming.stg_table(spec)), file_id, columns, "{} IS NULL")
 
 
 def record_domain_values(conn, spec: ExtractSpec, file_id: int) -> None:

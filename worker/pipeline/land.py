@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from contracts import naming
-from contracts.model import ExtractSpec
+from contracts.model import LINEAGE_COLUMNS, ExtractSpec
 from contracts.registry import get as get_spec
 from worker.io.indici_reader import IndiciFormatError, IndiciReader, escape_copy_text
 from worker.io.s3 import spool_version
@@ -30,19 +30,7 @@ from worker.settings import Settings, get_settings
 log = get_logger(__name__)
 
 # Columns whose value is the same for every row of a file: written once per line from a constant prefix.
-LINEAGE_PREFIX_COLUMNS = (
-    "load_file_id",
-    "s3_bucket",
-    "s3_key",
-    "s3_version_id",
-    "file_hash",
-    "date_extracted",
-    "extract_type",
-    "file_per_org_id",
-    "file_practice_id",
-    "load_run_id",
-    "landed_at",
-)
+LINEAGE_PREFIX_COLUMNS = tuple(c for c in LINEAGE_COLUMNS if c != "row_number")
 COPY_NULL = "\\N"
 
 
