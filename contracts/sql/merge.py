@@ -208,6 +208,30 @@ def _version_lookup(ref: Reference, source: str, at: sql.Composable, desired_onl
     ).format(key=key, from_=from_, cond=cond, at=at)
 
 
+def _version_join(ref: Reference, alias: str, source: str, at: sql.Composable) -> tuple[sql.Composable, sql.Composable]:
+    """(LEFT JOIN clause, select expression) resolving a fact's FK set-based: the target version whose
+    validity window [effective_from, effective_to) holds `at` (windows of a key are contiguous), else the
+    key's earliest version (looked up only for the rows the join left without a match)."""
+    target = ref.target
+    key = naming.surrogate_key(target.core.table)
+    v = sql.Identifier(alias)
+    match = sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}").format(v, sql.Identifier(t), sql.Identifier(source, f)) for t, f in ref.match
+    )
+    join = sql.SQL(
+        "LEFT JOIN {dim} {v} ON {match} AND {v}.effective_from <= {at} "
+        "AND ({v}.effective_to IS NULL OR {v}.effective_to > {at})"
+    ).format(dim=core_table(target), v=v, match=match, at=at)
+    earliest = sql.SQL("(SELECT d.{key} FROM {dim} d WHERE {cond} ORDER BY d.effective_from LIMIT 1)").format(
+        key=sql.Identifier(key),
+        dim=core_table(target),
+        cond=sql.SQL(" AND ").join(
+            sql.SQL("d.{} = {}").format(sql.Identifier(t), sql.Identifier(source, f)) for t, f in ref.match
+        ),
+    )
+    return join, sql.SQL("COALESCE({}.{}, {})").format(v, sql.Identifier(key), earliest)
+
+
 # -- NHI -----------------------------------------------------------------------------------------------
 def nhi_temp_table() -> list[sql.Composable]:
     return [
@@ -492,9 +516,10 @@ def fact_upsert_statement(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> s
     else:
         date_key = sql.SQL("to_char({} AT TIME ZONE {}, 'YYYYMMDD')::int").format(sql.Identifier("s", main.column), _TZ)
     cols = [*attrs, *(r.fk for r in refs), "date_key", *LINEAGE]
+    joins = [_version_join(r, f"v{i}", "s", at) for i, r in enumerate(refs)]
     select = [
         _attr_select(spec, "s"),
-        *(sql.SQL("{} AS {}").format(_version_lookup(r, "s", at, desired_only=False), sql.Identifier(r.fk)) for r in refs),
+        *(sql.SQL("{} AS {}").format(expr, sql.Identifier(r.fk)) for r, (_, expr) in zip(refs, joins)),
         sql.SQL("{} AS date_key").format(date_key),
         _ids(LINEAGE, "s"),
     ]
@@ -508,6 +533,7 @@ def fact_upsert_statement(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> s
         ORDER BY {nk_s}, s.date_extracted DESC, s.date_to DESC, s.row_number DESC, s.file_hash DESC
     ) s
     {nhi_joins}
+    {ref_joins}
     ON CONFLICT ({nk}) DO UPDATE SET {sets}, merged_at = now()
     WHERE ({order_ex}) > ({order_t})
     RETURNING (xmax = 0) AS inserted
@@ -520,6 +546,7 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
         nk_s=_ids(nk, "s"),
         stg=stg_table(spec),
         nhi_joins=_nhi_joins(spec, "s"),
+        ref_joins=sql.SQL(" ").join(join for join, _ in joins),
         nk=_ids(nk),
         sets=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in settable),
         order_ex=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in VERSION_ORDER),
