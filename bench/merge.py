@@ -17,8 +17,6 @@ Ratios are COPY time / step time (1.0 = as fast as bare COPY). Medians of repeat
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
