@@ -27,8 +27,10 @@ from functools import lru_cache
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from contracts import naming
 from contracts.model import ExtractSpec
 from contracts.registry import get as get_spec
 from contracts.registry import load_all
@@ -137,6 +139,10 @@ def merge_extract(conn: psycopg.Connection, spec: ExtractSpec, file_ids: list[in
     key = key_from_settings(settings, spec.extract) if M.nhi_columns(spec) else None
     deletes, full_batches = _delete_settings(conn, spec)
     params = {"files": file_ids, "extract": spec.extract, "deletes": deletes, "full_batches": full_batches}
+    # Wide generated statements gain nothing from JIT and pay seconds to compile it; the newest-version
+    # sort of a large file spills to disk with the default work_mem.
+    conn.execute("SET LOCAL jit = off")
+    conn.execute("SET LOCAL work_mem = '256MB'")
     with bound(extract=spec.extract):
         if spec.is_dimension:
             _merge_dimension(conn, spec, key, params, result)
@@ -146,6 +152,12 @@ def merge_extract(conn: psycopg.Connection, spec: ExtractSpec, file_ids: list[in
     result.seconds = round(time.monotonic() - started, 3)
     log.info("extract merged", **{k: v for k, v in result.as_dict().items() if k != "extract"})
     return result
+
+
+def _refresh_statistics(conn: psycopg.Connection, core_table: str) -> None:
+    """ANALYZE a core table inside the merge's transaction (it sees the rows just written). Only the
+    table's owner may: for another role Postgres skips it with a warning, and autovacuum catches up."""
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(naming.CORE, core_table)))
 
 
 def _merge_dimension(conn, spec: ExtractSpec, key: bytes | None, params: dict, result: MergeResult) -> None:
@@ -189,6 +201,13 @@ def _merge_fact(conn, spec: ExtractSpec, key: bytes | None, params: dict, result
         created = conn.execute(statement, params).fetchone()[0]
         if created:
             result.inferred[target] = result.inferred.get(target, 0) + created
+    for target in result.inferred:
+        # Many rows may have just been added to the dimension in this transaction; without fresh
+        # statistics the planner joins the facts to it as if it were tiny (a plan that took minutes).
+        _refresh_statistics(conn, get_spec(target).core.table)
+    # A merge join on a prefix of the key (what stale statistics lead to) is quadratic here; hash and
+    # index joins are not.
+    conn.execute("SET LOCAL enable_mergejoin = off")
     result.inserted, result.updated = conn.execute(st["upsert"], params).fetchone()
     if params["deletes"]:
         result.removed = conn.execute(st["removal"], params).fetchone()[0]
