@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import psycopg
@@ -257,8 +258,12 @@ def _report(settings, summaries: list[dict], seconds: float) -> None:
         print(f"core facts: {facts[0]} appointments, {facts[1]} immunisations, {facts[2]} invoices; "
               f"{facts[3]} inferred patients, {facts[4]} patient versions with an invalid NHI")
     print(f"total time {seconds:.1f}s")
+    url = urlsplit(settings.database_url.get_secret_value())
+    if url.password:  # never print a secret
+        url = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@"))
+    print(f"\nDATABASE_URL={urlunsplit(url)}")
     print(
-        "\nlook further:\n"
+        "look further (with DATABASE_URL set as above):\n"
         "  psql \"$DATABASE_URL\" -c 'SELECT load_run_id, status, summary FROM etl.load_runs'\n"
         "  psql \"$DATABASE_URL\" -c 'SELECT row_number, field_errors FROM etl.rejects_appointments LIMIT 5'\n"
         "  psql \"$DATABASE_URL\" -c 'SELECT * FROM etl.dq_results WHERE NOT passed'\n"
