@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="bring the database schema to the latest revision")
 
-    run = sub.add_parser("run", help="load the newest batch of every extract (what beat enqueues)")
+    run = sub.add_parser("run", help="load every batch newer than the last one loaded, per extract and practice "
+                         "(the newest only on a first run); what beat enqueues")
     _add_run_options(run)
 
     backfill = sub.add_parser("backfill", help="load the batches extracted in a date range")

@@ -5,7 +5,7 @@ A key that does not parse is reported (etl.skipped_keys) and never stops discove
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -65,15 +65,33 @@ def discover(client, bucket: str, prefix: str = "", known_per_org_ids: Sequence[
     return classify(iter_versions(client, bucket, prefix), known_per_org_ids)
 
 
-def select_newest(files: Iterable[DiscoveredFile], extracts: Sequence[str] = ()) -> list[DiscoveredFile]:
-    """The nightly selection: per extract (and organisation/practice), the newest batch's files."""
+def select_nightly(
+    files: Iterable[DiscoveredFile],
+    loaded_up_to: Mapping[tuple[str, int | None, int | None], datetime],
+    extracts: Sequence[str] = (),
+) -> list[DiscoveredFile]:
+    """The nightly selection, per extract and organisation/practice: the newest batch already loaded and
+    every batch after it, or only the newest batch when none has been loaded yet.
+
+    Taking only the newest batch would lose the changes of a delta that arrived between two runs (or
+    during a night the run failed); core does not depend on load order, so catching up is safe. The last
+    loaded batch is selected again so that a re-written object (a new version of its key) is seen; the
+    ledger skips the versions already loaded. History before the first load is backfill's job.
+    """
     wanted = {e.lower() for e in extracts}
-    newest: dict[tuple, datetime] = {}
     candidates = [f for f in files if not wanted or f.spec.extract.lower() in wanted]
+    newest: dict[tuple, datetime] = {}
     for f in candidates:
         if f.group not in newest or f.name.date_extracted > newest[f.group]:
             newest[f.group] = f.name.date_extracted
-    return [f for f in candidates if f.name.date_extracted == newest[f.group]]
+    chosen = []
+    for f in candidates:
+        since = loaded_up_to.get(f.group)
+        if (since is None and f.name.date_extracted == newest[f.group]) or (
+            since is not None and f.name.date_extracted >= since
+        ):
+            chosen.append(f)
+    return chosen
 
 
 def select_range(

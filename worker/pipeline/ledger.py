@@ -159,6 +159,18 @@ def unfinished(conn: psycopg.Connection) -> list[FileRecord]:
         return cur.execute(query).fetchall()
 
 
+def loaded_up_to(conn: psycopg.Connection) -> dict[tuple[str, int | None, int | None], datetime]:
+    """Per (extract, per_org_id, practice_id): the newest DateExtracted (NZ local, naive, as in file
+    names) of a file that was loaded (landed, staged, merged, or a duplicate of a loaded one)."""
+    rows = conn.execute(
+        "SELECT extract, per_org_id, practice_id, max(date_extracted AT TIME ZONE 'Pacific/Auckland') "
+        "FROM etl.load_run_files WHERE status IN ('landed', 'staged', 'merged', 'duplicate') "
+        "GROUP BY 1, 2, 3"
+    ).fetchall()
+    conn.commit()
+    return {(extract, org, practice): newest for extract, org, practice, newest in rows}
+
+
 def adopt(conn: psycopg.Connection, file_id: int, run_id: int) -> None:
     """Make an unfinished file part of this run (it will be retried here)."""
     conn.execute(

@@ -73,7 +73,7 @@ def plan_run(
                 found.files, selection.date_from, selection.date_to, selection.extracts, selection.key_prefix
             )
         else:
-            chosen = discovery.select_newest(found.files, selection.extracts)
+            chosen = discovery.select_nightly(found.files, ledger.loaded_up_to(conn), selection.extracts)
         # Finish what earlier runs left half-done before starting new work.
         for record in ledger.unfinished(conn):
             ledger.adopt(conn, record.file_id, run_id)

@@ -100,7 +100,7 @@ def test_second_run_loads_nothing_again(pipeline_settings):
     put_fixture(s3, pipeline_settings.s3_bucket, SAMPLE_PATIENTS)
     first = run(pipeline_settings)
     second = run(pipeline_settings)
-    assert first["files"] == 1 and second["files"] == 0 and second["already_done"] == 1
+    assert first["files"] == 1 and second["files"] == 0 and second["status"] == "succeeded"
     assert query(pipeline_settings, "SELECT count(*) FROM raw.patients_raw") == [(2,)]
     assert query(pipeline_settings, "SELECT count(*) FROM stg.patients") == [(2,)]
 
