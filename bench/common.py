@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -57,6 +58,14 @@ def scratch_settings(**overrides) -> Iterator[Settings]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             for role in ("indici_owner", "etl_writer", "app_reader"):
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(prefix + role)))
+
+
+def parse_args(doc: str, default_rows: int = 1_000_000) -> argparse.Namespace:
+    """The arguments every benchmark takes: --rows and --repeats (medians are quoted)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=default_rows)
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser.parse_args()
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

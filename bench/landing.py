@@ -13,7 +13,6 @@ Memory: peak RSS of the landing process for a file of rows/4 and of rows (flat =
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from bench.common import median, row, scratch_settings, timed
+from bench.common import median, parse_args, row, scratch_settings, timed
 from contracts.registry import get as get_spec
 from worker.io.db import connect
 from worker.io.indici_reader import IndiciReader, iter_file_chunks
@@ -100,10 +99,7 @@ def _baseline(settings, copy_file: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     with scratch_settings() as settings, tempfile.TemporaryDirectory(prefix="indici-bench-") as tmp:
         tmpdir = Path(tmp)
         small_dir, big_dir = tmpdir / "small", tmpdir / "big"

@@ -16,14 +16,13 @@ Ratios are COPY time / step time (1.0 = as fast as bare COPY). Medians of repeat
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from psycopg import sql
 
-from bench.common import median, row, scratch_settings, timed
+from bench.common import median, parse_args, row, scratch_settings, timed
 from contracts.registry import get as get_spec
 from contracts.schema import core_attribute_columns
 from worker.io.db import connect
@@ -121,10 +120,7 @@ def _merge(conn, settings, file_id: int) -> tuple[float, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     with scratch_settings() as settings, tempfile.TemporaryDirectory(prefix="indici-bench-") as tmp:
         first, reload = _stage_files(settings, args.rows, Path(tmp))
         dump = Path(tmp) / "stg.bin"
