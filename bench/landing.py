@@ -29,7 +29,7 @@ from worker.io.db import connect
 from worker.io.indici_reader import IndiciReader, iter_file_chunks
 from worker.io.s3 import make_client
 from worker.pipeline import ledger
-from worker.pipeline.land import lineage_prefix
+from worker.pipeline.land import copy_columns, lineage_prefix
 from worker.pipeline.run import Selection, plan_run
 from worker.pipeline.stage import stage_file
 from worker.synth.writer import generate_extract
@@ -76,9 +76,7 @@ def _copy_text(settings, path: Path, file_id: int, out: Path) -> None:
 
 
 def _baseline(settings, copy_file: Path) -> float:
-    columns = ["load_file_id", "s3_bucket", "s3_key", "s3_version_id", "file_hash", "date_extracted",
-               "extract_type", "file_per_org_id", "file_practice_id", "load_run_id", "landed_at",
-               "row_number", *SPEC.column_names]
+    columns = copy_columns(SPEC)  # exactly the lines landing writes, prepared by _copy_text
     with connect(settings) as conn:
         conn.execute("DROP TABLE IF EXISTS public.bench_all_text")
         conn.execute("CREATE TABLE public.bench_all_text (LIKE raw.appointments_raw)")

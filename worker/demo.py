@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import boto3
 import psycopg
 from psycopg import sql
 

@@ -36,7 +36,6 @@ valid at the fact's main date (a DATE main date counts from NZ midnight), else t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from psycopg import sql
 

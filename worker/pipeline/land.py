@@ -45,11 +45,15 @@ class LandResult:
     copy_seconds: float | None = None
 
 
+def copy_columns(spec: ExtractSpec) -> list[str]:
+    """Column order of a landing COPY line: the constant lineage prefix, the row number, the fields."""
+    return [*LINEAGE_PREFIX_COLUMNS, "row_number", *spec.column_names]
+
+
 def copy_statement(spec: ExtractSpec) -> sql.Composed:
-    columns = [*LINEAGE_PREFIX_COLUMNS, "row_number", *spec.column_names]
     return sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(naming.RAW, naming.raw_table(spec)),
-        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.SQL(", ").join(sql.Identifier(c) for c in copy_columns(spec)),
     )
 
 
