@@ -145,16 +145,32 @@ def s3_bucket(s3_server: S3Server) -> str:
     return name
 
 
+# Redis database indexes test sessions may lease (0-5 are left to developers' workers and the demo).
+_LEASABLE_REDIS_DBS = range(6, 16)
+_LEASE_SECONDS = 3 * 60 * 60
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database index of its own for the session, flushed before and after."""
-    client = redis.Redis.from_url(f"{REDIS_URL}/0")
-    client.ping()
-    index = 8 + (os.getpid() % 7)
+    """A Redis database index of its own for the session, flushed before and after.
+
+    Several test sessions may run at once on one machine (and one Redis): each leases a free database
+    index with SET NX in database 0, so no two sessions' workers ever consume each other's messages."""
+    lessor = redis.Redis.from_url(f"{REDIS_URL}/0")
+    lessor.ping()
+    token = uuid.uuid4().hex
+    index = next((i for i in _LEASABLE_REDIS_DBS
+                  if lessor.set(f"indici-test-lease:{i}", token, nx=True, ex=_LEASE_SECONDS)), None)
+    if index is None:
+        pytest.fail("no free Redis database for this test session (indexes 6-15 are all leased)")
     url = f"{REDIS_URL}/{index}"
     redis.Redis.from_url(url).flushdb()
-    yield url
-    redis.Redis.from_url(url).flushdb()
+    try:
+        yield url
+    finally:
+        redis.Redis.from_url(url).flushdb()
+        if lessor.get(f"indici-test-lease:{index}") == token.encode():
+            lessor.delete(f"indici-test-lease:{index}")
 
 
 @pytest.fixture()
