@@ -40,7 +40,7 @@ def scratch_settings(**overrides) -> Iterator[Settings]:
         S3_ENDPOINT_URL=f"http://{host}:{port}",
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
-        NHI_HMAC_KEY="bench-key",
+        NHI_HMAC_KEY="bench-nhi-hmac-key-of-at-least-32-bytes",
         **overrides,
     )
     try:

@@ -147,7 +147,7 @@ def run_demo(patients: int = 300, keep: bool = False, inline: bool = False) -> i
         print(f"Redis: {broker_where}")
     os.environ.update(env)
     if not os.environ.get("NHI_HMAC_KEY"):
-        os.environ["NHI_HMAC_KEY"] = "demo-only-key-not-secret"
+        os.environ["NHI_HMAC_KEY"] = "demo-only-nhi-hmac-key-not-a-secret"
         print("NHI_HMAC_KEY: a demo-only key (set your own secret in production)")
     get_settings.cache_clear()
     settings: Settings = get_settings()

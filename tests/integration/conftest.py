@@ -185,5 +185,5 @@ def pipeline_settings(migrated_db, s3_server, s3_bucket):
         S3_ENDPOINT_URL=s3_server.endpoint_url,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
-        NHI_HMAC_KEY="test-key",
+        NHI_HMAC_KEY="test-nhi-hmac-key-of-at-least-32-bytes",
     )

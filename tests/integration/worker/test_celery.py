@@ -86,7 +86,7 @@ def stack(migrated_db, s3_server, redis_url, tmp_path_factory) -> Iterator[Stack
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "ap-southeast-2",
-        "NHI_HMAC_KEY": "test-key",
+        "NHI_HMAC_KEY": "test-nhi-hmac-key-of-at-least-32-bytes",
         "CELERY_BROKER_URL": redis_url,
         "CELERY_RESULT_BACKEND": redis_url,
     }

@@ -26,7 +26,7 @@ def _cli(settings, *args: str) -> subprocess.CompletedProcess:
         "S3_ENDPOINT_URL": settings.s3_endpoint_url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
-        "NHI_HMAC_KEY": "test-key",
+        "NHI_HMAC_KEY": "test-nhi-hmac-key-of-at-least-32-bytes",
     }
     return subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True,
                           timeout=300)

@@ -343,7 +343,7 @@ def test_nhi_is_hashed_never_plain_and_invalid_ones_are_flagged(pipeline_setting
         hits = q(s, sql.SQL("SELECT count(*) FROM {} WHERE upper(btrim({}::text)) = ANY(%s)").format(
             sql.Identifier("core", table), sql.Identifier(column)), (sorted(nhis),))
         assert hits == [(0,)], (table, column)
-    expected = hmac.new(b"test-key", b"ZZZ0044", hashlib.sha256).hexdigest()
+    expected = hmac.new(b"test-nhi-hmac-key-of-at-least-32-bytes", b"ZZZ0044", hashlib.sha256).hexdigest()
     assert q(s, "SELECT nhi_hash, nhi_valid FROM core.dim_patient WHERE patient_id = 900") == [(expected, False)]
     assert q(s, "SELECT nhi_valid FROM core.dim_patient WHERE patient_id = 901") == [(True,)]
     assert q(s, "SELECT observed FROM etl.dq_results WHERE check_name = 'nhi_invalid' AND extract = 'Patients' "
