@@ -153,7 +153,7 @@ def explain(exc: BaseException, settings: Settings | None = None) -> Explained |
 
 def broker_message(settings: Settings, error: str) -> str:
     """The line for a run that could not be sent to the workers."""
-    reason = error.removeprefix("could not enqueue the run: ")
-    return (f"could not send the run to the workers: the Celery broker at "
-            f"{mask_url(settings.celery_broker_url.get_secret_value())} (CELERY_BROKER_URL) did not take it "
-            f"({reason}).\nStart Redis or fix CELERY_BROKER_URL, or run the steps here with --inline.")
+    reason = " ".join(error.removeprefix("could not enqueue the run: ").split())[:200]
+    return (f"could not send the run to the workers: Redis at "
+            f"{mask_url(settings.celery_broker_url.get_secret_value())} (CELERY_BROKER_URL, CELERY_RESULT_BACKEND) "
+            f"did not take it ({reason}).\nStart Redis or fix the settings, or run the steps here with --inline.")
