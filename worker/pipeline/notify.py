@@ -122,8 +122,8 @@ def build_run_message(conn: psycopg.Connection, run_id: int) -> RunMessage:
         for message in anomalies_of[extract]:
             lines.append(f"  Anomaly: {message}")
         for f in rows:
-            if f[3] == "failed":
-                lines.append(f"  Failed: file {f[0]} {f[2]}: {safe_error(f[8])}")
+            if f[3] == "failed":  # errors start with the key; it is said once
+                lines.append(f"  Failed: file {f[0]} {f[2]}: {safe_error((f[8] or '').removeprefix(f[2] + ': '))}")
     lines += ["", "Look further:",
               f"  indici-ingest status {run_id}",
               f"  indici-ingest rejects --run {run_id}",
