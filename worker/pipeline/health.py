@@ -219,7 +219,8 @@ def health_report(conn: psycopg.Connection, now: datetime | None = None) -> dict
                 failed_files.append({"file_id": v["file_id"], "s3_key": v["s3_key"], "load_run_id": v["load_run_id"],
                                      "date_extracted": nz(v["date_extracted"]), "newest_batch": v["in_newest_batch"],
                                      "error": v["error"]})
-                text = f"{file_ref} of {where} failed: {(v['error'] or '')[:300]}"
+                reason = (v["error"] or "").removeprefix(v["s3_key"] + ": ")  # errors start with the key
+                text = f"{file_ref} of {where} failed: {reason[:300]}"
             elif v["status"] in NOT_YET_IN_CORE and v["run_status"] != "running":
                 text = (f"{file_ref} of {where} is not in core: left {v['status']} by run {v['load_run_id']} "
                         f"({v['run_status']}); the next run picks it up")
