@@ -345,7 +345,8 @@ def cmd_config(args) -> int:
 
     with connect(_settings()) as conn:
         if args.config_command == "show":
-            extract = resolve_extracts([args.extract])[0] if args.extract else None
+            extract = (None if not args.extract else GLOBAL if args.extract == GLOBAL
+                       else resolve_extracts([args.extract])[0])
             rows = operator.config_rows(conn, extract, args.key)
             if args.json:
                 print_summary({"config": rows})

@@ -256,7 +256,8 @@ def health_report(conn: psycopg.Connection, now: datetime | None = None) -> dict
             column = f"({c['column']})" if c["column"] else ""
             own_warnings.append(f"check {c['check']}{column} failed{measured}")
         report["anomalies"] = anomalies.get(name, [])
-        own_warnings += [f"anomaly: {a['message']}" for a in report["anomalies"] if a["message"]]
+        own_warnings += [f"anomaly: {a['message'].removeprefix(name + ': ')}" for a in report["anomalies"]
+                         if a["message"]]
 
         if file_problem:
             report["state"] = "failing"

@@ -73,7 +73,7 @@ def test_a_drop_in_rows_is_an_anomaly_until_a_normal_load_follows(pipeline_setti
                  "AND check_name LIKE 'anomaly_%%'", (summary["load_run_id"],))[0][0] == 8
     appointments = report["extracts"]["Appointments"]
     assert appointments["state"] == "warning" and appointments["anomalies"][0]["metric"] == "rows"
-    assert any(w.startswith("Appointments: anomaly: Appointments: rows") for w in report["warnings"])
+    assert any(w.startswith("Appointments: anomaly: rows") for w in report["warnings"])
 
     batch, summary = _week(pipeline_settings, 4, patients=20)  # a normal load clears it
     assert summary["anomalies"] == []
