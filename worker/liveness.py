@@ -3,7 +3,8 @@
 A broadcast ping (`app.control.ping`) is answered by each worker's main process, also while its pool
 is busy with long tasks, so a silent cluster means no worker is consuming. The timeouts are short:
 a health check must answer quickly. With no CELERY_BROKER_URL in the environment (an --inline-only
-installation) the result is reported but is not a problem.
+installation) no broker is asked (the default URL is a development default) and that is reported, not
+a problem.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def broker_configured(settings: Settings) -> bool:
 def worker_liveness(settings: Settings, timeout: float = PING_TIMEOUT) -> dict[str, Any]:
     """{"broker_configured", "broker_reachable", "workers": [names], "alive", "error"?} (never a URL)."""
     report: dict[str, Any] = {"broker_configured": broker_configured(settings)}
+    if not report["broker_configured"]:
+        # The default URL is a developer's local Redis: its workers, if any, are not this installation's.
+        return {**report, "broker_reachable": None, "workers": [], "alive": None,
+                "note": "CELERY_BROKER_URL is not set: workers not checked (an --inline installation)"}
     client = _client(settings.celery_broker_url.get_secret_value(), settings.celery_result_backend.get_secret_value())
     try:
         with client.connection_for_read() as conn:
