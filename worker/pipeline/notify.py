@@ -15,6 +15,7 @@ Three separate steps, so the message can be tested without sending and sending c
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from worker.settings import Settings, get_settings
 log = get_logger(__name__)
 
 _QUOTED = re.compile(r'"[^"]*"')
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 ERROR_CHARS = 300
 
 
@@ -155,9 +157,14 @@ def send(message: RunMessage, urls: list[str]) -> tuple[bool, str | None]:
         for index, url in enumerate(urls, 1):
             if not targets.add(url):
                 return False, f"NOTIFY_URLS entry {index} is not a URL apprise supports"
-        if targets.notify(body=message.body, title=message.title, notify_type=message.notify_type):
+        # apprise's own log lines are captured (they are not JSON) and the last one becomes the reason.
+        with apprise.LogCapture(level=logging.WARNING) as captured:
+            delivered = bool(targets.notify(body=message.body, title=message.title, notify_type=message.notify_type))
+        if delivered:
             return True, None
-        return False, "a notification service did not accept the message (see the apprise log lines)"
+        lines = [line.split(" - ", 2)[-1] for line in captured.getvalue().splitlines() if line.strip()]
+        reason = _URL.sub("<url>", lines[-1])[:200] if lines else "no reason given"
+        return False, f"a notification service did not accept the message: {reason}"
     except Exception as exc:  # sending must never break what called it
         return False, f"{type(exc).__name__}"
 

@@ -20,9 +20,9 @@ from worker.synth import build_series
 pytestmark = pytest.mark.integration
 
 
-def _demo(url: str, prefix: str, cwd, *extra: str) -> subprocess.CompletedProcess:
+def _demo(url: str, prefix: str, cwd, *extra: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "CELERY_", "NOTIFY_"))}
-    env.update({"DATABASE_URL": url, "DB_ROLE_PREFIX": prefix})
+    env.update({"DATABASE_URL": url, "DB_ROLE_PREFIX": prefix, **(env_extra or {})})
     return subprocess.run([sys.executable, "-m", "worker.cli", "--log-level", "ERROR", "demo", "--inline",
                            "--patients", "10", *extra], env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
 
@@ -97,3 +97,17 @@ def test_fresh_never_drops_a_database_the_demo_did_not_create(empty_db, tmp_path
     assert done.returncode == 2 and "was not created by the demo, so it is not dropped" in done.stderr
     with psycopg.connect(ADMIN_URL) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (empty_db.name,)).fetchone()
+
+
+def test_external_uses_the_configured_bucket_and_starts_nothing(missing_db, s3_server, s3_bucket, tmp_path):
+    """What the compose demo profile runs (there with the stack's workers; here --inline)."""
+    done = _demo(missing_db.url, missing_db.role_prefix, tmp_path, "--external", env_extra={
+        "S3_ENDPOINT_URL": s3_server.endpoint_url, "S3_BUCKET": s3_bucket,
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "S3: the configured bucket at " + s3_server.endpoint_url in done.stdout
+    assert not (tmp_path / ".demo").exists()  # no moto, Redis or worker of its own
+    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket)
+    with psycopg.connect(missing_db.url) as conn:
+        files = conn.execute("SELECT count(*) FROM etl.load_run_files").fetchone()[0]
+    assert listed["KeyCount"] == files > 0
