@@ -268,7 +268,8 @@ def cmd_reprocess(args) -> int:
             ledger.request_reprocess(conn, args.file_id, args.reason, args.by)
     except LookupError:
         print(f"reprocess: there is no file {args.file_id} in etl.load_run_files; list files with\n"
-              "  SELECT file_id, s3_key, status FROM etl.load_run_files ORDER BY file_id DESC LIMIT 20", file=sys.stderr)
+              "  SELECT file_id, s3_key, status FROM etl.load_run_files ORDER BY file_id DESC LIMIT 20",
+              file=sys.stderr)
         return EXIT_USAGE
     except ValueError as exc:
         print(f"reprocess: {exc} (--reason)", file=sys.stderr)

@@ -345,7 +345,8 @@ def suggestions(conn: psycopg.Connection) -> list[Suggestion]:
     key = conn.execute("SELECT patient_id, practice_id, per_org_id FROM core.dim_patient WHERE NOT is_current "
                        "ORDER BY patient_id LIMIT 1").fetchone()
     if key is not None:
-        out.append(Suggestion("sql", "SELECT patient_id, effective_from, effective_to, is_current FROM core.dim_patient "
+        out.append(Suggestion("sql", "SELECT patient_id, effective_from, effective_to, is_current "
+                                     "FROM core.dim_patient "
                                      f"WHERE patient_id = {int(key[0])} AND practice_id = {int(key[1])} "
                                      f"AND per_org_id = {int(key[2])} ORDER BY effective_from"))
         out.append(Suggestion("cli", f"indici-ingest trace dim_patient {int(key[0])} {int(key[1])} {int(key[2])}"))
@@ -363,7 +364,8 @@ def new_domain_values(conn: psycopg.Connection) -> list[tuple[str, str, str, str
     found = []
     for domain, columns in domain_columns().items():
         rows = conn.execute(sql.SQL(
-            "SELECT d.value, f.extract, f.s3_key FROM {} d JOIN etl.load_run_files f ON f.file_id = d.first_seen_file_id "
+            "SELECT d.value, f.extract, f.s3_key FROM {} d "
+            "JOIN etl.load_run_files f ON f.file_id = d.first_seen_file_id "
             "WHERE NOT d.is_mapped AND f.date_extracted > (SELECT min(date_extracted) FROM etl.load_run_files g "
             "WHERE g.extract = f.extract) ORDER BY d.value").format(
             sql.Identifier(naming.ETL, naming.domain_table(domain)))).fetchall()

@@ -102,7 +102,7 @@ def _loads(conn: psycopg.Connection, extract: str | None, run_id: int | None, be
     ).format(sql.SQL(" AND ").join(conditions), sql.SQL(" LIMIT %s") if limit is not None else sql.SQL(""))
     if limit is not None:
         params.append(limit)
-    return [tuple(r) for r in conn.execute(query, params).fetchall()]  # type: ignore[misc]
+    return [tuple(r) for r in conn.execute(query, params).fetchall()]
 
 
 def _inferred(conn: psycopg.Connection, extract: str, run_ids: list[int]) -> dict[int, float]:

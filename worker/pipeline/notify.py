@@ -158,7 +158,7 @@ def send(message: RunMessage, urls: list[str]) -> tuple[bool, str | None]:
             if not targets.add(url):
                 return False, f"NOTIFY_URLS entry {index} is not a URL apprise supports"
         # apprise's own log lines are captured (they are not JSON) and the last one becomes the reason.
-        with apprise.LogCapture(level=logging.WARNING) as captured:
+        with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
             delivered = bool(targets.notify(body=message.body, title=message.title, notify_type=message.notify_type))
         if delivered:
             return True, None

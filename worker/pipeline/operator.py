@@ -90,7 +90,8 @@ def list_rejects(conn: psycopg.Connection, extracts: list[str], run_id: int | No
         rows = conn.execute(sql.SQL(
             """
             SELECT r.load_run_id, r.load_file_id, f.s3_key, r.row_number,
-                   coalesce(e ->> 'column', (SELECT string_agg(c, ', ') FROM jsonb_array_elements_text(e -> 'columns') c)),
+                   coalesce(e ->> 'column',
+                            (SELECT string_agg(c, ', ') FROM jsonb_array_elements_text(e -> 'columns') c)),
                    e ->> 'rule', e ->> 'severity',
                    CASE WHEN e ? 'superseded_by_row' THEN 'superseded by row ' || (e ->> 'superseded_by_row')
                         ELSE e ->> 'value' END,
@@ -177,7 +178,8 @@ def domain_coverage(conn: psycopg.Connection) -> list[dict[str, Any]]:
     out = []
     for domain, columns in domain_columns().items():
         table = sql.Identifier(naming.ETL, naming.domain_table(domain))
-        row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE is_mapped) FROM {}").format(table)).fetchone()
+        row = conn.execute(
+            sql.SQL("SELECT count(*), count(*) FILTER (WHERE is_mapped) FROM {}").format(table)).fetchone()
         total, mapped = (int(row[0]), int(row[1])) if row else (0, 0)
         out.append({"domain": domain, "columns": columns, "values": total, "mapped": mapped,
                     "unmapped": total - mapped, "coverage": round(mapped / total, 4) if total else None})
@@ -200,7 +202,8 @@ def map_domain_value(conn: psycopg.Connection, domain: str, value: str, label: s
     if not label.strip():
         raise ValueError("a mapping needs a label")
     table = sql.Identifier(naming.ETL, naming.domain_table(domain))
-    before = conn.execute(sql.SQL("SELECT label, is_mapped FROM {} WHERE value = %s").format(table), (value,)).fetchone()
+    before = conn.execute(sql.SQL("SELECT label, is_mapped FROM {} WHERE value = %s").format(table),
+                          (value,)).fetchone()
     previous = None if before is None else {"label": before[0], "is_mapped": before[1]}
     conn.execute(sql.SQL(
         "INSERT INTO {} (value, label, is_mapped) VALUES (%s, %s, true) "

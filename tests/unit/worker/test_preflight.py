@@ -32,7 +32,8 @@ def test_wrong_schemes_name_the_setting_not_the_value(field, url, setting):
 
 def test_good_settings_pass():
     check_settings(Settings(DATABASE_URL="postgresql+psycopg://u:p@h:5432/db", CELERY_BROKER_URL="rediss://h:6380/0",
-                            S3_ENDPOINT_URL="https://minio.local:9000", NOTIFY_URLS="json://h/x, mailto://u:p@example.org"))
+                            S3_ENDPOINT_URL="https://minio.local:9000",
+                            NOTIFY_URLS="json://h/x, mailto://u:p@example.org"))
 
 
 def test_extract_names_and_tokens_resolve_and_typos_suggest():
