@@ -198,6 +198,39 @@ def _etl_tables(metadata: MetaData) -> None:
     )
 
 
+def _ops_tables(metadata: MetaData) -> None:
+    """Operations (issue 9): the audit of operator commands and the record of run notifications."""
+    Table(
+        "operator_actions",
+        metadata,
+        Column("action_id", BigInteger, Identity(), primary_key=True),
+        Column("acted_at", TZ, nullable=False, server_default=_now()),
+        Column("actor", Text, nullable=False, comment="Who: --by, else the operating-system user"),
+        Column("command", Text, nullable=False, comment="e.g. 'config set', 'domains map'"),
+        Column("arguments", JSONB, nullable=False, server_default=text("'{}'::jsonb"),
+               comment="The command's arguments (never a secret)"),
+        Column("previous", JSONB, comment="What the command replaced (NULL when it added)"),
+        comment="Audit of operator commands that change something",
+        schema=naming.ETL,
+    )
+    Table(
+        "notifications",
+        metadata,
+        Column("notification_id", BigInteger, Identity(), primary_key=True),
+        Column("load_run_id", BigInteger, ForeignKey("etl.load_runs.load_run_id"), nullable=False),
+        Column("run_status", Text, nullable=False, comment="The run's status the message reported"),
+        Column("targets", Integer, nullable=False, comment="How many NOTIFY_URLS entries were addressed"),
+        Column("delivered", Boolean, comment="NULL while sending; false when any target failed"),
+        Column("error", Text, comment="Why the sending failed (never a URL: it may hold a token)"),
+        Column("created_at", TZ, nullable=False, server_default=_now()),
+        Column("sent_at", TZ),
+        # One message per run and outcome: a redelivered finalisation does not notify twice.
+        UniqueConstraint("load_run_id", "run_status"),
+        comment="Run summaries sent to NOTIFY_URLS",
+        schema=naming.ETL,
+    )
+
+
 def _domain_tables(metadata: MetaData, domains: set[str]) -> None:
     for domain in sorted(domains):
         Table(
@@ -391,6 +424,7 @@ def build_metadata(specs: dict[str, ExtractSpec] | None = None) -> MetaData:
     specs = specs if specs is not None else load_all()
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     _etl_tables(metadata)
+    _ops_tables(metadata)
     _domain_tables(metadata, {c.domain for s in specs.values() for c in s.columns if c.domain})
     _dim_date(metadata)
     dims = {name: s for name, s in specs.items() if s.is_dimension}

@@ -1,6 +1,9 @@
 """`indici-ingest`: the command line of the service.
 
-Exit codes: 0 ok; 1 the run failed or was partial; 2 bad usage or configuration.
+Exit codes: 0 ok; 1 the run failed or was partial, or a service did not answer; 2 bad usage or
+configuration. Errors are one or two lines naming the setting, argument or service and what to do
+(worker/errors.py); `--debug` adds the traceback. Settings are checked before any work
+(worker/preflight.py).
 """
 
 from __future__ import annotations
@@ -8,11 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from datetime import date
 
-from pydantic import ValidationError
-
-from worker.pipeline.identity import ConfigurationError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -36,6 +37,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="indici-ingest", description="Nightly Indici ingestion.")
     parser.add_argument("--log-level", default="INFO", help="level of the JSON log lines on stderr")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="bring the database schema to the latest revision")
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--prefix", default=None, help="only keys starting with this prefix")
     _add_run_options(backfill)
 
-    sub.add_parser("health", help="print the health JSON")
+    sub.add_parser("health", help="print the health JSON (exit 0 healthy or warning, 1 not healthy)")
 
     trace = sub.add_parser("trace", help="show where a core row came from (versions, stg, raw, files, runs)")
     trace.add_argument("table", help="core table (dim_patient, core.fact_appointment) or extract name")
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--reason", required=True)
     reprocess.add_argument("--by", default="cli", help="who asks (recorded)")
 
+    _add_operator_commands(sub)
+
     synth = sub.add_parser("synth", help="write generated real-format extract files")
     from worker.synth.command import add_synth_arguments
 
@@ -74,13 +78,64 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--patients", type=int, default=300, help="size of the generated population")
     demo.add_argument("--keep", action="store_true", help="leave the demo's services running")
     demo.add_argument("--inline", action="store_true", help="run the steps in this process, without Celery")
+    demo.add_argument("--fresh", action="store_true",
+                      help="drop and recreate the demo database first (only one the demo created)")
+    demo.add_argument("--external", action="store_true",
+                      help="use the configured S3 bucket and Celery workers instead of starting them "
+                           "(the compose stack's demo profile)")
     return parser
 
 
-def _settings():
-    from worker.settings import get_settings
+def _add_operator_commands(sub) -> None:
+    rejects = sub.add_parser("rejects", help="rejected rows: file, row number, column, rule, value (never the row)")
+    rejects.add_argument("--extract", action="append", default=[], metavar="NAME", help="only this extract")
+    rejects.add_argument("--run", type=int, metavar="N", help="only rows rejected by run N")
+    rejects.add_argument("--limit", type=int, default=50, help="rows per extract (default 50)")
+    rejects.add_argument("--json", action="store_true", help="JSON instead of a table")
 
-    return get_settings()
+    skipped = sub.add_parser("skipped", help="S3 keys discovery skipped because their names do not parse")
+    skipped.add_argument("--run", type=int, metavar="N", help="only keys seen by run N")
+    skipped.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    cfg = sub.add_parser("config", help="thresholds, flags and expected deliveries in etl.config")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    show = cfg_sub.add_parser("show", help="the stored values, or an extract's effective values")
+    show.add_argument("--extract", metavar="NAME", help="effective values for this extract (own, '*' or default)")
+    show.add_argument("--key", help="only this key")
+    show.add_argument("--json", action="store_true", help="JSON instead of a table")
+    cfg_set = cfg_sub.add_parser("set", help="set a value (validated, audited in etl.operator_actions)")
+    cfg_set.add_argument("extract", help="extract name, or '*' for every extract")
+    cfg_set.add_argument("key", help="see `config show --extract NAME` for the keys and their meaning")
+    cfg_set.add_argument("value", help="JSON (0.1, 5, true, [\"2508190850\"], {\"col\": 0.2}) or a word (weekly)")
+    cfg_set.add_argument("--by", default=None, help="who (recorded; default the operating-system user)")
+
+    domains = sub.add_parser("domains", help="coded values seen in the files and their mapping")
+    dom_sub = domains.add_subparsers(dest="domains_command", required=True)
+    listing = dom_sub.add_parser("list", help="coverage per domain, or one domain's values")
+    listing.add_argument("domain", nargs="?", help="show this domain's values")
+    listing.add_argument("--unmapped", action="store_true", help="only values not mapped yet")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    mapping = dom_sub.add_parser("map", help="map a value to a label (audited in etl.operator_actions)")
+    mapping.add_argument("domain")
+    mapping.add_argument("value", help="the value exactly as the files write it")
+    mapping.add_argument("label", help="its meaning")
+    mapping.add_argument("--by", default=None, help="who (recorded; default the operating-system user)")
+
+
+_SETTINGS = None
+
+
+def _settings():
+    """The process's settings, checked (URL schemes, NOTIFY_URLS) before any work uses them."""
+    global _SETTINGS
+    if _SETTINGS is None:
+        from worker.preflight import check_settings
+        from worker.settings import get_settings
+
+        settings = get_settings()
+        check_settings(settings)
+        _SETTINGS = settings
+    return _SETTINGS
 
 
 def cmd_migrate(args) -> int:
@@ -110,6 +165,7 @@ def _run(args, selection) -> int:
     from worker.pipeline.run import run_inline
 
     settings = _settings()
+    selection = _preflight_run(settings, selection, args.inline)
     if not args.inline:
         # The Celery path: the run row is created here (so its id is known at once), the workers do
         # the rest; --wait follows the run in etl.load_runs, not in Celery's results.
@@ -118,7 +174,9 @@ def _run(args, selection) -> int:
         try:
             run_id = orchestration.enqueue_run(settings, selection)
         except orchestration.EnqueueError as exc:
-            print(str(exc), file=sys.stderr)
+            from worker.errors import broker_message
+
+            print(broker_message(settings, str(exc)), file=sys.stderr)
             return EXIT_FAILED
         if not args.wait:
             print_summary({"load_run_id": run_id, "status": "running"})
@@ -135,6 +193,21 @@ def _run(args, selection) -> int:
         summary = run_inline(conn, make_client(settings), settings, selection, progress=_print_progress)
     print_summary(summary)
     return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+
+
+def _preflight_run(settings, selection, inline: bool):
+    """Before a run: known extract names (canonical from here on); for --inline also the NHI key, the
+    database and S3, each with one quick call (the Celery path's workers check their own settings)."""
+    from dataclasses import replace
+
+    from worker import preflight
+
+    selection = replace(selection, extracts=preflight.resolve_extracts(selection.extracts))
+    if inline:
+        preflight.check_nhi_key(settings, selection.extracts)
+        preflight.check_database(settings)
+        preflight.check_s3(settings)
+    return selection
 
 
 def cmd_run(args) -> int:
@@ -155,13 +228,11 @@ def cmd_backfill(args) -> int:
 
 
 def cmd_health(args) -> int:
-    from worker.io.db import connect
-    from worker.pipeline.health import health_report
+    from worker.health_http import health_response
 
-    with connect(_settings()) as conn:
-        report = health_report(conn)
+    status, report = health_response(_settings())
     print_summary(report)
-    return EXIT_OK if report["status"] == "ok" else EXIT_FAILED
+    return EXIT_OK if status == 200 else EXIT_FAILED
 
 
 def cmd_serve_health(args) -> int:
@@ -192,8 +263,17 @@ def cmd_reprocess(args) -> int:
     from worker.io.db import connect
     from worker.pipeline import ledger
 
-    with connect(_settings()) as conn:
-        ledger.request_reprocess(conn, args.file_id, args.reason, args.by)
+    try:
+        with connect(_settings()) as conn:
+            ledger.request_reprocess(conn, args.file_id, args.reason, args.by)
+    except LookupError:
+        print(f"reprocess: there is no file {args.file_id} in etl.load_run_files; list files with\n"
+              "  SELECT file_id, s3_key, status FROM etl.load_run_files ORDER BY file_id DESC LIMIT 20",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"reprocess: {exc} (--reason)", file=sys.stderr)
+        return EXIT_USAGE
     print(f"file {args.file_id} will be loaded again by the next run")
     return EXIT_OK
 
@@ -207,7 +287,122 @@ def cmd_synth(args) -> int:
 def cmd_demo(args) -> int:
     from worker.demo import run_demo
 
-    return run_demo(patients=args.patients, keep=args.keep, inline=args.inline)
+    return run_demo(patients=args.patients, keep=args.keep, inline=args.inline, fresh=args.fresh,
+                    external=args.external)
+
+
+def _table(rows: list[dict], columns: list[str]) -> None:
+    """Rows as aligned text columns (values shown with repr-free str; None as '-')."""
+    cells = [[("-" if r.get(c) is None else json.dumps(r[c]) if isinstance(r[c], (dict, list)) else str(r[c]))
+              for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def cmd_rejects(args) -> int:
+    from worker.io.db import connect
+    from worker.pipeline.operator import list_rejects
+    from worker.preflight import resolve_extracts
+
+    extracts = list(resolve_extracts(args.extract))
+    with connect(_settings()) as conn:
+        lines, counts = list_rejects(conn, extracts, args.run, args.limit)
+    if args.json:
+        print_summary({"rejected_rows": {k: v for k, v in counts.items() if v}, "lines": [x.as_dict() for x in lines]})
+        return EXIT_OK
+    if not any(counts.values()):
+        print("no rejected rows" + (f" in run {args.run}" if args.run else ""))
+        return EXIT_OK
+    _table([x.as_dict() for x in lines],
+           ["extract", "load_run_id", "file_id", "row_number", "column", "rule", "severity", "value", "s3_key"])
+    for extract, n in counts.items():
+        if n > args.limit:
+            print(f"{extract}: {n} rejected rows, the first {args.limit} shown (--limit)")
+    return EXIT_OK
+
+
+def cmd_skipped(args) -> int:
+    from worker.io.db import connect
+    from worker.pipeline.operator import list_skipped
+
+    with connect(_settings()) as conn:
+        rows = list_skipped(conn, args.run)
+    if args.json:
+        print_summary({"skipped": rows})
+    elif not rows:
+        print("no skipped keys")
+    else:
+        _table(rows, ["s3_key", "reason", "runs", "last_run_id", "last_seen", "s3_version_id"])
+    return EXIT_OK
+
+
+def cmd_config(args) -> int:
+    from worker.io.db import connect
+    from worker.pipeline import operator
+    from worker.pipeline.config_keys import GLOBAL, ConfigValueError, parse_text
+    from worker.preflight import resolve_extracts
+
+    with connect(_settings()) as conn:
+        if args.config_command == "show":
+            extract = (None if not args.extract else GLOBAL if args.extract == GLOBAL
+                       else resolve_extracts([args.extract])[0])
+            rows = operator.config_rows(conn, extract, args.key)
+            if args.json:
+                print_summary({"config": rows})
+            else:
+                _table(rows, ["extract", "key", "value", "source"] + (["meaning"] if extract else []))
+            return EXIT_OK
+        extract = GLOBAL if args.extract == GLOBAL else resolve_extracts([args.extract])[0]
+        try:
+            previous, value = operator.set_config(conn, extract, args.key, parse_text(args.value),
+                                                  args.by or operator.default_actor())
+        except ConfigValueError as exc:
+            print(f"config set {args.key}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        conn.commit()
+    was = "" if previous is None else f" (was {json.dumps(previous['value'])}, {previous['source']})"
+    print(f"{extract} {args.key} = {json.dumps(value)}{was}")
+    return EXIT_OK
+
+
+def cmd_domains(args) -> int:
+    from worker.io.db import connect
+    from worker.pipeline import operator
+
+    known = operator.domain_columns()
+    domain = getattr(args, "domain", None)
+    if domain is not None and domain not in known:
+        import difflib
+
+        close = difflib.get_close_matches(domain, list(known), n=3)
+        print(f"unknown domain {domain!r}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+              + f" (the domains: {', '.join(known)})", file=sys.stderr)
+        return EXIT_USAGE
+    with connect(_settings()) as conn:
+        if args.domains_command == "map":
+            previous = operator.map_domain_value(conn, domain, args.value, args.label,
+                                                 args.by or operator.default_actor())
+            conn.commit()
+            was = "" if previous is None else f" (was {previous['label'] or 'unlabelled'}, " \
+                f"{'mapped' if previous['is_mapped'] else 'not mapped'})"
+            print(f"{domain}: {args.value!r} -> {args.label!r}{was}")
+            return EXIT_OK
+        if domain is None:
+            rows = operator.domain_coverage(conn)
+            for r in rows:
+                r["coverage"] = "-" if r["coverage"] is None else f"{r['coverage']:.0%}"
+                r["columns"] = ", ".join(r["columns"])
+            columns = ["domain", "values", "mapped", "unmapped", "coverage", "columns"]
+        else:
+            rows = operator.domain_values(conn, domain, args.unmapped)
+            columns = ["value", "label", "mapped", "first_seen", "last_seen", "first_seen_in"]
+    if args.json:
+        print_summary({"domains" if domain is None else domain: rows})
+    else:
+        _table(rows, columns)
+    return EXIT_OK
 
 
 COMMANDS = {
@@ -218,6 +413,10 @@ COMMANDS = {
     "serve-health": cmd_serve_health,
     "reprocess": cmd_reprocess,
     "trace": cmd_trace,
+    "rejects": cmd_rejects,
+    "skipped": cmd_skipped,
+    "config": cmd_config,
+    "domains": cmd_domains,
     "synth": cmd_synth,
     "demo": cmd_demo,
 }
@@ -234,9 +433,37 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.log_level)
     try:
         return COMMANDS[args.command](args)
-    except (ValidationError, ConfigurationError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except BaseException as exc:  # every error ends as a short message and an exit code
+        if isinstance(exc, SystemExit):
+            raise
+        return _report_error(exc, args.debug)
+
+
+def _report_error(exc: BaseException, debug: bool) -> int:
+    from worker.errors import explain, mask_url
+
+    if debug:
+        traceback.print_exc()
+    try:
+        settings = _SETTINGS
+        if settings is None:
+            from worker.settings import get_settings
+
+            settings = get_settings()
+    except Exception:
+        settings = None
+    explained = explain(exc, settings)
+    if explained is not None:
+        print(explained.message, file=sys.stderr)
+        return explained.code
+    text = str(exc)
+    if settings is not None:  # a secret may be inside an unknown error's text
+        for secret in (settings.database_url, settings.celery_broker_url, settings.celery_result_backend):
+            url = secret.get_secret_value()
+            text = text.replace(url, mask_url(url))
+    print(f"error: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+          + ("" if debug else "\n(run with --debug for the traceback)"), file=sys.stderr)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

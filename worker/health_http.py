@@ -1,7 +1,8 @@
-"""`GET /health` over HTTP: the health report (worker/pipeline/health.py) plus broker reachability.
+"""`GET /health` over HTTP: the health report (worker/pipeline/health.py) plus worker liveness.
 
-200 when the report's status is "ok" and the broker answers, 503 otherwise (a load balancer or
-monitor only needs the code; the JSON says why). Any other path or method: 404.
+200 when the status is "ok" or "warning" (something deserves a look, nothing is broken), 503 otherwise
+(a monitor only needs the code; the JSON's "problems" and "warnings" say why). Any other path or
+method: 404. `indici-ingest health` prints the same JSON (exit 0 for 200, 1 for 503).
 
 One endpoint does not justify a web framework: the standard library's ThreadingHTTPServer, one
 database connection per request (nothing is shared between threads, and a database restart is seen
@@ -11,6 +12,7 @@ by the next request instead of poisoning a pooled connection).
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,6 +21,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from worker.io.db import connect
+from worker.liveness import liveness_problem, worker_liveness
 from worker.log import get_logger
 from worker.pipeline.health import health_report
 from worker.settings import Settings
@@ -26,24 +29,28 @@ from worker.settings import Settings
 log = get_logger(__name__)
 
 
-def broker_error() -> str | None:
-    from worker.app import connection_error
-
-    return connection_error()
+HEALTHY = ("ok", "warning")  # 200; every other status is 503
 
 
-def health_response(settings: Settings) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body) of one health check."""
+def health_response(settings: Settings, now: datetime | None = None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of one health check: the report from the database plus worker liveness."""
     try:
         with connect(settings, autocommit=True) as conn:
-            report = health_report(conn)
+            report = health_report(conn, now)
+    except psycopg.errors.UndefinedTable:
+        report = {"status": "database_not_migrated", "problems": ["the schema is missing: run `indici-ingest migrate`"],
+                  "warnings": []}
     except psycopg.Error as exc:  # the class only: a message may name hosts or users
-        report = {"status": "database_unreachable", "error": type(exc).__name__}
-    error = broker_error()
-    report["broker"] = {"reachable": error is None, **({"error": error} if error else {})}
-    if report["status"] == "ok" and error is not None:
-        report["status"] = "broker_unreachable"
-    return (HTTPStatus.OK if report["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE), report
+        report = {"status": "database_unreachable", "error": type(exc).__name__,
+                  "problems": [f"Postgres (DATABASE_URL) cannot be reached: {type(exc).__name__}"], "warnings": []}
+    liveness = worker_liveness(settings)
+    report["workers"] = liveness
+    problem = liveness_problem(liveness)
+    if problem is not None:
+        report["problems"].append(problem)
+        if report["status"] in HEALTHY:
+            report["status"] = "failing"
+    return (HTTPStatus.OK if report["status"] in HEALTHY else HTTPStatus.SERVICE_UNAVAILABLE), report
 
 
 class HealthHandler(BaseHTTPRequestHandler):

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     """Prefix of the database roles the migrations create (`<prefix>indici_owner`, `<prefix>etl_writer`,
     `<prefix>app_reader`). Roles are cluster-wide: tests use a per-run prefix so runs never share them."""
 
+    notify_urls: SecretStr = Field(default=SecretStr(""), validation_alias="NOTIFY_URLS")
+    """Comma-separated apprise URLs (https://github.com/caronc/apprise/wiki) that receive every run's
+    summary, e.g. `mailtos://user:pass@host?to=ops@example.org,json://hooks.example.org/indici`; empty
+    means no notifications. Secret: the URLs may hold tokens or passwords."""
+
     s3_read_chunk_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="S3_READ_CHUNK_BYTES")
     """Bytes read from an S3 object per chunk while landing; bounds the landing's memory."""
 

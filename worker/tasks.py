@@ -50,6 +50,7 @@ from worker.pipeline.land import land_file as land_plain
 from worker.pipeline.merge import merge_run as merge_plain
 from worker.pipeline.run import Selection
 from worker.pipeline.stage import stage_file as stage_plain
+from worker.preflight import check_plan_keys
 from worker.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -116,6 +117,8 @@ def _plan_and_dispatch(task: PipelineTask, run_id: int, selection: Selection) ->
         def plan() -> dict[str, Any]:
             with connect(settings) as conn:
                 result = orchestration.plan_or_resume(conn, make_client(settings), settings, run_id, selection)
+                if result is not None:  # ops hook (issue 9): NHI_HMAC_KEY before any file of the plan lands
+                    check_plan_keys(conn, settings, result.file_ids)
             if result is None:
                 return {"load_run_id": run_id, "dispatched": False, "reason": "run already finished"}
             return {"load_run_id": run_id, "dispatched": True, "file_ids": result.file_ids}

@@ -14,7 +14,7 @@ PRODUCT_VARIABLES = {
     "DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "S3_BUCKET", "S3_PREFIX", "AWS_REGION",
     "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "NHI_HMAC_KEY",
 }
-APP_SERVICES = ("migrate", "worker", "beat", "flower", "health")
+APP_SERVICES = ("migrate", "worker", "beat", "flower", "health", "demo")
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,25 @@ def test_dockerfile_installs_the_project_with_pip():
     assert any(i[0] == "COPY" and "pyproject.toml" in i[1] for i in instructions)
     assert any(i[0] == "RUN" and "pip install" in i[1] for i in instructions)
     assert any(i[0] == "USER" for i in instructions)  # not root
+
+
+def test_the_demo_profile_fills_the_bucket_and_runs_the_nightly_job(compose):
+    services = compose["services"]
+    demo = services["demo"]
+    assert demo["profiles"] == ["demo"]
+    assert all("profiles" not in services[name] for name in services if name != "demo")  # `up` alone: no demo
+    command = _command(demo)
+    assert command[:3] == ["indici-ingest", "demo", "--external"]  # the stack's bucket and worker
+    assert demo["restart"] == "no"
+    assert demo["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert demo["depends_on"]["s3-init"] == {"condition": "service_completed_successfully"}
+    assert "worker" in demo["depends_on"]
+    from worker.cli import build_parser
+
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "demo" and args.external and not args.inline
+
+
+def test_notify_urls_reach_the_app_services(compose):
+    for name in APP_SERVICES:
+        assert "NOTIFY_URLS" in compose["services"][name]["environment"]

@@ -29,7 +29,9 @@ class ObjectVersion:
     is_latest: bool
 
 
-def make_client(settings: Settings | None = None):
+def make_client(settings: Settings | None = None, config: Config | None = None):
+    """An S3 client from settings; `config` replaces the default retries and timeouts (preflight checks
+    use one attempt and short timeouts)."""
     settings = settings or get_settings()
     secret = settings.aws_secret_access_key
     token = settings.aws_session_token
@@ -40,7 +42,7 @@ def make_client(settings: Settings | None = None):
         aws_access_key_id=settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else None,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
         aws_session_token=token.get_secret_value() if token else None,
-        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=120),
+        config=config or Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=120),
     )
 
 

@@ -12,6 +12,7 @@ from psycopg import sql
 from contracts import naming
 from contracts.registry import known_domain_values, load_all
 from worker.io.db import connect
+from worker.pipeline import config_keys
 from worker.settings import Settings, get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,7 @@ def contract_defaults() -> list[tuple[str, str, object]]:
         rows.append((spec.extract, "min_rows_for_rates", spec.dq.min_rows_for_rates))
         # Deletes are off by default: which files are full is configuration (the name does not say).
         rows.append((spec.extract, "full_file_deletes", False))
+    rows += config_keys.global_defaults()  # health and anomaly settings for '*' (worker/pipeline/config_keys.py)
     return rows
 
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from worker.log import bound, get_logger
-from worker.pipeline import discovery, ledger
+from worker.pipeline import anomalies, discovery, ledger, notify
 from worker.pipeline.identity import ConfigurationError
 from worker.pipeline.land import land_file
 from worker.pipeline.merge import merge_run
@@ -132,6 +132,7 @@ def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = 
     }
     if started is not None:
         summary["seconds"] = round(time.monotonic() - started, 3)
+    summary["anomalies"] = [a.as_dict() for a in anomalies.evaluate_run(conn, run_id)]  # ops hook (issue 9)
     conn.execute(
         "UPDATE etl.load_runs SET status = %s, summary = %s, finished_at = now() WHERE load_run_id = %s",
         (status, Jsonb(summary), run_id),
@@ -160,6 +161,7 @@ def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = 
         {"run": run_id},
     )
     conn.commit()
+    notify.notify_run(conn, run_id)  # ops hook (issue 9): the run's summary to NOTIFY_URLS; never raises
     return {"load_run_id": run_id, "status": status, **summary}
 
 

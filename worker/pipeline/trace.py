@@ -13,6 +13,7 @@ Values are JSON-ready (timestamps as text, '-infinity' included).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import psycopg
@@ -39,6 +40,15 @@ def resolve(table: str) -> ExtractSpec:
     raise KeyError(f"no core table or extract named {table!r}")
 
 
+def check_key(spec: ExtractSpec, values: Sequence[str]) -> None:
+    """ValueError naming the first key value that its column's type cannot hold (before any query)."""
+    for name, value in zip(spec.natural_key, values):
+        rule = rule_for(spec.column(name).type)
+        if rule.pattern is not None and not re.match(rule.pattern, str(value).strip()):
+            raise ValueError(f"{value!r} is not a valid {name} (a {rule.sql_type}); the key of {spec.core.table} "
+                             f"is {', '.join(spec.natural_key)}")
+
+
 def _key_condition(spec: ExtractSpec, alias: str, values: Sequence[str]) -> sql.Composable:
     return sql.SQL(" AND ").join(
         sql.SQL("{} = CAST({} AS {})").format(
@@ -62,6 +72,7 @@ def trace(conn: psycopg.Connection, table: str, key_values: Sequence[str]) -> di
     spec = resolve(table)
     if len(key_values) != len(spec.natural_key):
         raise ValueError(f"{spec.core.table} needs {len(spec.natural_key)} key values: {', '.join(spec.natural_key)}")
+    check_key(spec, key_values)
     core = sql.Identifier(naming.CORE, spec.core.table)
     skey = naming.surrogate_key(spec.core.table)
     if spec.is_dimension:

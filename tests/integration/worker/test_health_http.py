@@ -1,29 +1,44 @@
-"""GET /health over HTTP: 503 until every extract is healthy, 200 then; 404 elsewhere; broker reported."""
+"""GET /health over HTTP and `indici-ingest health`: 200 when healthy (ok or warning), 503 when not; worker
+liveness by a Celery ping (a problem only when a broker is configured); 404 elsewhere."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
+import uuid
+from datetime import datetime, timedelta
 
-import psycopg
 import pytest
 
-from tests.integration.worker.pipeline.helpers import reset_data
-from worker.health_http import make_server
+from tests.conftest import REPO_ROOT
+from tests.integration.worker.pipeline.helpers import put_file, reset_data, run
+from worker.health_http import health_response, make_server
+from worker.io.s3 import make_client
+from worker.pipeline.nztime import NZ
+from worker.synth import build_series
 
 pytestmark = pytest.mark.integration
+
+
+def _serve(settings):
+    server = make_server(settings, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 @pytest.fixture()
 def endpoint(migrated_db):
     reset_data(migrated_db.url)
-    server = make_server(migrated_db.settings(), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, url = _serve(migrated_db.settings())
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", migrated_db
+        yield url, migrated_db
     finally:
         server.shutdown()
         server.server_close()
@@ -37,15 +52,71 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_health_is_503_without_data_and_200_when_every_extract_is_ok(endpoint):
-    url, db = endpoint
+def _fresh_batch(settings) -> None:
+    """A Vaccine batch extracted yesterday (NZ), loaded: fresh, so healthy."""
+    start = (datetime.now(NZ) - timedelta(days=1)).replace(tzinfo=None, second=0, microsecond=0)
+    (batch,) = build_series(seed=51, patients=5, practices=[(685146, 535)], deltas=0, extracts=["Vaccine"],
+                            start=start)
+    put_file(make_client(settings), settings.s3_bucket, batch.files[0].name, batch.files[0].data)
+    assert run(settings)["status"] == "succeeded"
+
+
+def test_health_is_503_without_data_and_200_once_loaded(endpoint, pipeline_settings):
+    url, _ = endpoint
     status, body = _get(url + "/health")
     assert status == 503 and body["status"] == "no_data"
-    assert body["broker"] == {"reachable": True}
-    with psycopg.connect(db.url, autocommit=True) as conn:
-        conn.execute("INSERT INTO etl.health (extract, status) VALUES ('Vaccine', 'ok')")
+    assert body["workers"]["broker_configured"] is False  # reported, not a problem
+    _fresh_batch(pipeline_settings)
     status, body = _get(url + "/health?verbose=1")
-    assert status == 200 and body["status"] == "ok" and "Vaccine" in body["extracts"]
+    assert status == 200 and body["status"] == "warning", body["problems"]  # other extracts: not loaded yet
+    assert body["extracts"]["Vaccine"]["state"] == "ok" and body["problems"] == []
+    assert body["checked_at"][-6:] in ("+12:00", "+13:00")
+
+
+def test_the_cli_prints_the_same_report(pipeline_settings):
+    _fresh_batch(pipeline_settings)
+    env = {**os.environ, "DATABASE_URL": pipeline_settings.database_url.get_secret_value()}
+    env.pop("CELERY_BROKER_URL", None)
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "health"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["extracts"]["Vaccine"]["state"] == "ok" and report["status"] == "warning"
+
+
+def test_a_configured_broker_needs_a_live_worker(pipeline_settings, redis_url):
+    _fresh_batch(pipeline_settings)
+    settings = pipeline_settings.model_copy(update={})
+    configured = type(settings)(**{"DATABASE_URL": settings.database_url.get_secret_value(),
+                                   "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url})
+    status, body = health_response(configured)
+    assert status == 503 and body["workers"]["broker_reachable"] is True and body["workers"]["alive"] is False
+    assert any("no Celery worker answered" in p for p in body["problems"])
+
+    env = {**os.environ, "DATABASE_URL": settings.database_url.get_secret_value(), "CELERY_BROKER_URL": redis_url,
+           "CELERY_RESULT_BACKEND": redis_url}
+    name = f"health-{uuid.uuid4().hex[:8]}@%h"
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo",
+                               "-n", name, "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
+                              env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            status, body = health_response(configured)
+            if body["workers"]["alive"] or time.monotonic() > deadline or worker.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert status == 200 and body["workers"]["alive"] is True
+        assert any(w.startswith("health-") for w in body["workers"]["workers"])
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+    down = type(settings)(DATABASE_URL=settings.database_url.get_secret_value(),
+                          CELERY_BROKER_URL="redis://127.0.0.1:1/0", CELERY_RESULT_BACKEND="redis://127.0.0.1:1/0")
+    status, body = health_response(down)
+    assert status == 503 and body["workers"]["broker_reachable"] is False
+    assert any("CELERY_BROKER_URL" in p for p in body["problems"])
 
 
 def test_other_paths_and_methods_are_404(endpoint):
@@ -59,8 +130,6 @@ def test_other_paths_and_methods_are_404(endpoint):
 
 
 def test_an_unreachable_database_is_503_without_details(migrated_db):
-    from worker.health_http import health_response
-
     status, body = health_response(migrated_db.settings(DATABASE_URL="postgresql://127.0.0.1:1/nowhere"))
     assert status == 503 and body["status"] == "database_unreachable"
     assert "nowhere" not in json.dumps(body)
