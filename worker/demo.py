@@ -16,12 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
 from worker.pipeline.run import Selection
+from worker.redact import mask_url
 
 DEMO_DIR = Path(".demo")
 DEMO_DB = "indici_demo"
@@ -196,7 +196,7 @@ def run_demo(patients: int = 300, keep: bool = False, inline: bool = False) -> i
         return 1
     finally:
         if keep:
-            print(f"\nservices left running: moto at {endpoint} (pid {moto.pid}); DATABASE_URL={url}")
+            print(f"\nservices left running: moto at {endpoint} (pid {moto.pid}); DATABASE_URL={mask_url(url)}")
         else:
             _stop(worker)
             _stop(redis_proc)
@@ -257,10 +257,7 @@ def _report(settings, summaries: list[dict], seconds: float) -> None:
         print(f"core facts: {facts[0]} appointments, {facts[1]} immunisations, {facts[2]} invoices; "
               f"{facts[3]} inferred patients, {facts[4]} patient versions with an invalid NHI")
     print(f"total time {seconds:.1f}s")
-    url = urlsplit(settings.database_url.get_secret_value())
-    if url.password:  # never print a secret
-        url = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@"))
-    print(f"\nDATABASE_URL={urlunsplit(url)}")
+    print(f"\nDATABASE_URL={mask_url(settings.database_url.get_secret_value())}")  # never a password
     print(
         "look further (with DATABASE_URL set as above):\n"
         "  psql \"$DATABASE_URL\" -c 'SELECT load_run_id, status, summary FROM etl.load_runs'\n"
