@@ -36,6 +36,7 @@ def health_response(settings: Settings) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of one health check."""
     try:
         with connect(settings, autocommit=True) as conn:
+            conn.execute(f"SET statement_timeout = {DATABASE_TIMEOUT_MS}")
             report = health_report(conn)
     except psycopg.Error as exc:  # the class only: a message may name hosts or users
         report = {"status": "database_unreachable", "error": type(exc).__name__}
@@ -46,9 +47,17 @@ def health_response(settings: Settings) -> tuple[int, dict[str, Any]]:
     return (HTTPStatus.OK if report["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE), report
 
 
+# Seconds a client may take to send its request, or stay connected idle (keep-alive) before it is
+# dropped, and that the database may take to answer: a slow or stuck client or database never holds a
+# thread for long.
+REQUEST_TIMEOUT = 10
+DATABASE_TIMEOUT_MS = 5000
+
+
 class HealthHandler(BaseHTTPRequestHandler):
     server_version = "indici-ingest-health"
     settings: Settings  # set by make_server on a subclass
+    timeout = REQUEST_TIMEOUT  # socket timeout of each connection (StreamRequestHandler)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body, default=str).encode("utf-8")
@@ -79,14 +88,14 @@ class HealthHandler(BaseHTTPRequestHandler):
                  status=args[1] if len(args) > 1 else None)
 
 
-def make_server(settings: Settings, host: str = "0.0.0.0", port: int = 8080) -> ThreadingHTTPServer:
+def make_server(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     handler = type("BoundHealthHandler", (HealthHandler,), {"settings": settings})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True  # a hung request never blocks shutdown
     return server
 
 
-def serve(settings: Settings, host: str = "0.0.0.0", port: int = 8080) -> None:
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None:
     server = make_server(settings, host, port)
     log.info("health endpoint listening", host=host, port=server.server_address[1], path="/health")
     try:
