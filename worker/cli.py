@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from datetime import date
+from typing import NoReturn
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -35,8 +36,17 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="block until the run ends, print its summary (implied by --inline)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that it never repeats unrecognised arguments (one may be a mistyped secret)."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            message = "unrecognized arguments (not shown: one may be a secret)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="indici-ingest", description="Nightly Indici ingestion.")
+    parser = _Parser(prog="indici-ingest", description="Nightly Indici ingestion.")
     parser.add_argument("--log-level", default="INFO", help="level of the JSON log lines on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -76,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--password-file", metavar="PATH", help="read the password from this file")
     source.add_argument("--password-stdin", action="store_true",
                         help="read the password from standard input (the default when it is not a terminal)")
+    source.add_argument("--password", help=argparse.SUPPRESS)  # only to refuse it without echoing it
 
     for command, verb in (("bind-org", "let a reader login see"), ("unbind-org", "stop a reader login seeing")):
         bind = sub.add_parser(command, help=f"{verb} the core rows of one organisation (audited)")
@@ -242,6 +253,10 @@ def cmd_grant_login(args) -> int:
     from worker.io.db import connect
     from worker.io.logins import LoginError, grant_login
 
+    if args.password is not None:
+        print("grant-login: a password is never an argument (shell history, process list): "
+              "use --password-file PATH or standard input", file=sys.stderr)
+        return EXIT_USAGE
     settings = _settings()
     try:
         password = _read_password(args)
