@@ -109,11 +109,11 @@ def core_tables(specs: dict[str, ExtractSpec], metadata: MetaData) -> list[CoreT
     return sorted(out, key=lambda t: t.name)
 
 
-def _ids(*names: str) -> sql.Composable:
+def _ids(*names: str) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def database_statements(roles: Roles, database: str) -> list[sql.Composable]:
+def database_statements(roles: Roles, database: str) -> list[sql.Composed]:
     """Connecting: only the project's roles (PUBLIC loses its default CONNECT and TEMPORARY). Needs the
     database's owner (or a superuser): run as the migrating login, not as the owner role."""
     db = sql.Identifier(database)
@@ -126,11 +126,11 @@ def database_statements(roles: Roles, database: str) -> list[sql.Composable]:
     ]
 
 
-def privilege_statements(roles: Roles, tables: list[CoreTable]) -> list[sql.Composable]:
+def privilege_statements(roles: Roles, tables: list[CoreTable]) -> list[sql.Composed]:
     """Schema, table and column privileges and default privileges (run as the owner role)."""
     owner, writer, reader = (sql.Identifier(r) for r in (roles.owner, roles.writer, roles.reader))
     identified, engineer = sql.Identifier(roles.identified_reader), sql.Identifier(roles.engineer)
-    out: list[sql.Composable] = [
+    out: list[sql.Composed] = [
         # Functions are not executable by everyone by default in this project's schemas.
         sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC").format(owner),
         # identified_reader: all of core.
@@ -172,7 +172,7 @@ def privilege_statements(roles: Roles, tables: list[CoreTable]) -> list[sql.Comp
     return out
 
 
-def _lineage_check(table: str) -> sql.Composable:
+def _lineage_check(table: str) -> sql.Composed:
     """A row written by the service carries the organisation and practice of the file its lineage
     names (a file name that does not say counts as agreeing). Written as uncorrelated IN-subqueries so
     Postgres hashes etl.load_run_files once per statement instead of looking it up once per row (a
@@ -182,13 +182,14 @@ def _lineage_check(table: str) -> sql.Composable:
     for column in ("per_org_id", "practice_id"):
         c = sql.Identifier(column)
         parts.append(sql.SQL(
-            "(({t}.load_file_id, {t}.{c}) IN (SELECT f.file_id, f.{c} FROM etl.load_run_files f WHERE f.{c} IS NOT NULL) "
+            "(({t}.load_file_id, {t}.{c}) IN "
+            "(SELECT f.file_id, f.{c} FROM etl.load_run_files f WHERE f.{c} IS NOT NULL) "
             "OR {t}.load_file_id IN (SELECT f.file_id FROM etl.load_run_files f WHERE f.{c} IS NULL))"
         ).format(t=t, c=c))
     return sql.SQL(" AND ").join(parts)
 
 
-def function_statements(roles: Roles) -> list[sql.Composable]:
+def function_statements(roles: Roles) -> list[sql.Composed]:
     """core.reader_per_org_ids(): the organisations the session's login is bound to. SECURITY DEFINER
     (the owner's), so readers need no privilege on etl; search_path pinned against hijacking."""
     fn = sql.Identifier(*READER_ORGS_FUNCTION)
@@ -206,12 +207,12 @@ def function_statements(roles: Roles) -> list[sql.Composable]:
     ]
 
 
-def policy_statements(roles: Roles, tables: list[CoreTable]) -> list[sql.Composable]:
+def policy_statements(roles: Roles, tables: list[CoreTable]) -> list[sql.Composed]:
     """Row-level security on every core table that has per_org_id (run as the owner role)."""
     readers = _ids(roles.reader, roles.identified_reader)
     writer = sql.Identifier(roles.writer)
     fn = sql.Identifier(*READER_ORGS_FUNCTION)
-    out: list[sql.Composable] = []
+    out: list[sql.Composed] = []
     for table in tables:
         if not table.has_organisation:
             continue
@@ -233,7 +234,7 @@ def policy_statements(roles: Roles, tables: list[CoreTable]) -> list[sql.Composa
     return out
 
 
-def view_statement(table: CoreTable, replace: bool = True) -> sql.Composable:
+def view_statement(table: CoreTable, replace: bool = True) -> sql.Composed:
     """The de-identified view of one core table (security_invoker: the reader's grants and policies)."""
     return sql.SQL(
         "CREATE {}VIEW {} WITH (security_invoker = true) AS SELECT {} FROM {}"
@@ -243,13 +244,13 @@ def view_statement(table: CoreTable, replace: bool = True) -> sql.Composable:
     )
 
 
-def view_comment(table: CoreTable) -> sql.Composable:
+def view_comment(table: CoreTable) -> sql.Composed:
     return sql.SQL("COMMENT ON VIEW {} IS {}").format(
         sql.Identifier(DEID, table.name),
         sql.Literal(f"core.{table.name} without direct identifiers, quasi identifiers coarsened "
                     "(generated from the contracts; rows of the reader's organisations)"))
 
 
-def view_grant(roles: Roles, table: CoreTable) -> sql.Composable:
+def view_grant(roles: Roles, table: CoreTable) -> sql.Composed:
     return sql.SQL("GRANT SELECT ON {} TO {}, {}").format(
         sql.Identifier(DEID, table.name), sql.Identifier(roles.reader), sql.Identifier(roles.identified_reader))

@@ -132,8 +132,9 @@ def _register_first(conn: psycopg.Connection, key: bytes, versions: list[KeyVers
         raise ConfigurationError("no NHI key version is active: run `indici-ingest rekey`")
     mismatched = [t for t in _legacy_sample(conn) if not _sample_matches(conn, key, *t)]
     if mismatched:
+        tables = ", ".join(sorted({t[0].core.table for t in mismatched}))
         raise ConfigurationError(
-            f"core holds NHI hashes made with another key than NHI_HMAC_KEY ({', '.join(sorted({t[0].core.table for t in mismatched}))}); "
+            f"core holds NHI hashes made with another key than NHI_HMAC_KEY ({tables}); "
             "run `indici-ingest rekey` to re-hash them under NHI_HMAC_KEY")
     conn.execute(
         "INSERT INTO etl.nhi_key_versions (key_version, fingerprint, is_active, registered_by) "
@@ -202,7 +203,9 @@ def rekey(conn: psycopg.Connection, settings: Settings, requested_by: str) -> di
             return {"status": "unchanged", "key_version": active.version}
         if any(hmac.compare_digest(fingerprint(new), v.fingerprint) for v in versions):
             raise ConfigurationError("NHI_HMAC_KEY is a retired key version: rotate to a new key")
-        if active is not None and (previous is None or not hmac.compare_digest(fingerprint(previous), active.fingerprint)):
+        proven = previous is not None and active is not None and hmac.compare_digest(fingerprint(previous),
+                                                                                      active.fingerprint)
+        if active is not None and not proven:
             raise ConfigurationError(
                 f"NHI_HMAC_KEY_PREVIOUS must be the key core is hashed with now (version {active.version}) "
                 "to rotate away from it")

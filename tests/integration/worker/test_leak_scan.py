@@ -184,7 +184,8 @@ def stack(migrated_db, s3_server, tmp_path_factory) -> Iterator[Stack]:
                 put_file(s3, bucket, f.name, f.data)
             done = stack.cli("run", "--wait")
             assert done.returncode in (0, 1), done.stderr  # partial: the planted broken files
-            summary = json.loads(done.stdout if done.stdout.startswith("{") else done.stdout[done.stdout.index("\n{") + 1:])
+            out = done.stdout
+            summary = json.loads(out if out.startswith("{") else out[out.index("\n{") + 1:])
             assert summary["status"] in ("succeeded", "partial"), summary
         with psycopg.connect(migrated_db.url) as conn:
             assert conn.execute("SELECT count(*) FROM core.dim_patient WHERE nhi_hash IS NOT NULL").fetchone()[0] > 20
@@ -248,8 +249,9 @@ def test_what_an_analyst_sees_holds_no_identifier(stack):
 
 def test_no_log_line_holds_a_personal_value_or_a_secret(stack):
     lines = stack.worker_log.read_text(errors="replace").splitlines()
-    assert any('"event": "file landed"' in line or "file landed" in line for line in lines)
-    found = [f"worker.log:{n}: {hits}" for n, line in enumerate(lines, 1) if (hits := _find(line, stack.needles.every()))]
+    assert any("file landed" in line for line in lines)  # the worker's own lines are there to scan
+    found = [f"worker.log:{n}: {hits}" for n, line in enumerate(lines, 1)
+             if (hits := _find(line, stack.needles.every()))]
     assert not found
 
 

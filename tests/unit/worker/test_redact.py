@@ -21,7 +21,8 @@ def test_mask_url_hides_only_the_password():
 def test_settings_register_their_secrets_and_redact_masks_them():
     Settings(DATABASE_URL="postgresql://svc:pass%2Fword-x1@db/indici",
              NHI_HMAC_KEY="a-registered-key-that-is-32-bytes-long")
-    text = "dsn postgresql://svc:pass%2Fword-x1@db/indici decoded pass/word-x1 key a-registered-key-that-is-32-bytes-long"
+    text = ("dsn postgresql://svc:pass%2Fword-x1@db/indici decoded pass/word-x1 "
+            "key a-registered-key-that-is-32-bytes-long")
     masked = redact.redact(text)
     assert "pass%2Fword-x1" not in masked and "pass/word-x1" not in masked
     assert "a-registered-key" not in masked

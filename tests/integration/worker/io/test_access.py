@@ -20,9 +20,9 @@ from tests.integration.worker.io.helpers import connect_as, make_login
 
 pytestmark = pytest.mark.integration
 
-S, I, U, D, T, C, A = "select", "insert", "update", "delete", "truncate", "create", "alter"
-EVERYTHING = {S, I, U, D, T, C, A}
-DML = {S, I, U, D}
+S, INS, U, D, T, C, A = "select", "insert", "update", "delete", "truncate", "create", "alter"
+EVERYTHING = {S, INS, U, D, T, C, A}
+DML = {S, INS, U, D}
 
 # (schema, relation, a column to write) per kind of object; public and deid have no data tables.
 TARGETS = {
@@ -47,9 +47,9 @@ TARGETS = {
 EXPECTED: dict[str, dict[str, set[str]]] = {
     "etl_writer": {
         "raw": DML, "stg": DML, "rejects": DML,
-        "etl.load_runs": {S, I, U}, "etl.load_run_files": {S, I, U}, "etl.reprocess_requests": {S, I},
-        "etl.config": DML, "etl.dq_results": DML, "etl.nhi_key_versions": {S, I, U},
-        "core.dim_patient": DML, "core.fact_appointment": {S, I, U}, "core.dim_date": {S, I},
+        "etl.load_runs": {S, INS, U}, "etl.load_run_files": {S, INS, U}, "etl.reprocess_requests": {S, INS},
+        "etl.config": DML, "etl.dq_results": DML, "etl.nhi_key_versions": {S, INS, U},
+        "core.dim_patient": DML, "core.fact_appointment": {S, INS, U}, "core.dim_date": {S, INS},
     },
     # core.dim_date holds no identifier: all its columns are granted, so SELECT * works there only.
     "app_reader": {"deid.dim_patient": {S}, "core.dim_date": {S}},
@@ -60,7 +60,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
                                         "etl.nhi_key_versions", "etl.login_organisations")},
     # The owner (what migrations run as) may do everything to its own objects, but not create in public.
     "owner": {**{name: set(EVERYTHING) for name in TARGETS if name not in ("public", "deid.dim_patient")},
-              "deid.dim_patient": {S, I, U, D, C}},
+              "deid.dim_patient": {S, INS, U, D, C}},
 }
 
 
@@ -74,7 +74,7 @@ def _statement(op: str, schema: str, table: str | None, column: str | None) -> s
     t, c = sql.Identifier(schema, table), sql.Identifier(column)
     return {
         S: sql.SQL("SELECT * FROM {t} LIMIT 0"),
-        I: sql.SQL("INSERT INTO {t} ({c}) SELECT NULL WHERE false"),
+        INS: sql.SQL("INSERT INTO {t} ({c}) SELECT NULL WHERE false"),
         U: sql.SQL("UPDATE {t} SET {c} = NULL WHERE false"),
         D: sql.SQL("DELETE FROM {t} WHERE false"),
         T: sql.SQL("TRUNCATE {t}"),
@@ -102,7 +102,7 @@ def _ops(name: str) -> set[str]:
     if table is None:
         return {C}
     if schema == "deid":
-        return {S, I, U, D, C}
+        return {S, INS, U, D, C}
     return set(EVERYTHING)
 
 

@@ -26,8 +26,9 @@ CORE_TABLES = sorted(s.core.table for s in load_all().values())
 @pytest.fixture(scope="module")
 def loaded(migrated_db, s3_server, tmp_path_factory):
     """Two organisations, three practices, loaded by the service logged in as an etl_writer login."""
-    from tests.integration.worker.pipeline.helpers import reset_data
     import uuid
+
+    from tests.integration.worker.pipeline.helpers import reset_data
 
     reset_data(migrated_db.url)
     bucket = f"indici-orgs-{uuid.uuid4().hex[:10]}"
