@@ -222,6 +222,8 @@ def _security_tables(metadata: MetaData) -> None:
         Column("from_version", Integer, ForeignKey("etl.nhi_key_versions.key_version")),
         Column("to_version", Integer, ForeignKey("etl.nhi_key_versions.key_version"), nullable=False),
         Column("rows_rehashed", JSONB, nullable=False, comment="Per core table: rows whose hash was recomputed"),
+        Column("previous_key_proven", Boolean, nullable=False,
+               comment="NHI_HMAC_KEY_PREVIOUS matched the retired version (false: rekey --previous-key-lost)"),
         Column("requested_by", Text, nullable=False),
         Column("rotated_at", TZ, nullable=False, server_default=_now()),
         comment="Audit of `indici-ingest rekey`: core re-hashed from stg under a new key version",

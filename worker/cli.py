@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     rekey = sub.add_parser("rekey", help="re-hash every NHI in core under NHI_HMAC_KEY (key rotation; "
                            "NHI_HMAC_KEY_PREVIOUS must be the current key)")
     rekey.add_argument("--by", default=None, help="who asks (recorded; default: the operating-system user)")
+    rekey.add_argument("--previous-key-lost", action="store_true",
+                       help="the current key is lost or compromised: rotate without NHI_HMAC_KEY_PREVIOUS (recorded)")
 
     synth = sub.add_parser("synth", help="write generated real-format extract files")
     from worker.synth.command import add_synth_arguments
@@ -305,7 +307,7 @@ def cmd_rekey(args) -> int:
     settings = _settings()
     try:
         with connect(settings) as conn:
-            summary = rekey(conn, settings, args.by or operator())
+            summary = rekey(conn, settings, args.by or operator(), previous_key_lost=args.previous_key_lost)
     except RekeyError as exc:
         print(f"rekey: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -67,6 +67,7 @@ def upgrade() -> None:
     sa.Column('from_version', sa.Integer(), nullable=True),
     sa.Column('to_version', sa.Integer(), nullable=False),
     sa.Column('rows_rehashed', postgresql.JSONB(astext_type=sa.Text()), nullable=False, comment='Per core table: rows whose hash was recomputed'),
+    sa.Column('previous_key_proven', sa.Boolean(), nullable=False, comment='NHI_HMAC_KEY_PREVIOUS matched the retired version (false: rekey --previous-key-lost)'),
     sa.Column('requested_by', sa.Text(), nullable=False),
     sa.Column('rotated_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['from_version'], ['etl.nhi_key_versions.key_version'], name=op.f('fk_nhi_key_rotations_from_version_nhi_key_versions')),

@@ -11,7 +11,8 @@ reveals nothing of the key (recovering a key from it is as hard as from any nhi_
   version 1 (adopting hashes written before versions were recorded, once a sample of them recomputes
   exactly under that key).
 - `rekey`: under an exclusive lock that every merge takes shared, in one transaction: checks that
-  NHI_HMAC_KEY_PREVIOUS is the active version (when there is one), registers NHI_HMAC_KEY as the next
+  NHI_HMAC_KEY_PREVIOUS is the active version (when there is one; `--previous-key-lost` skips that
+  proof for a lost or compromised key, and the rotation records it), registers NHI_HMAC_KEY as the next
   version, recomputes every hash of core from the plain NHIs in stg (each core row's lineage names its
   stg row), retires the old version and records the rotation in etl.nhi_key_rotations.
 
@@ -190,9 +191,13 @@ class RekeyError(RuntimeError):
     """Core cannot be re-hashed (e.g. a core row whose stg row is gone); nothing was changed."""
 
 
-def rekey(conn: psycopg.Connection, settings: Settings, requested_by: str) -> dict[str, Any]:
+def rekey(conn: psycopg.Connection, settings: Settings, requested_by: str,
+          previous_key_lost: bool = False) -> dict[str, Any]:
     """Re-hash core under NHI_HMAC_KEY in one transaction (see the module docstring). Idempotent: when
-    NHI_HMAC_KEY is already the active version, nothing changes. Returns a summary (no key material)."""
+    NHI_HMAC_KEY is already the active version, nothing changes. Returns a summary (no key material).
+
+    `previous_key_lost`: the active key is lost or compromised, so NHI_HMAC_KEY_PREVIOUS cannot prove
+    it; the hashes are recomputed from stg all the same and the rotation records that it was unproven."""
     new, previous = _configured(settings, None)
     conn.commit()
     with conn.transaction():
@@ -205,7 +210,7 @@ def rekey(conn: psycopg.Connection, settings: Settings, requested_by: str) -> di
             raise ConfigurationError("NHI_HMAC_KEY is a retired key version: rotate to a new key")
         proven = previous is not None and active is not None and hmac.compare_digest(fingerprint(previous),
                                                                                       active.fingerprint)
-        if active is not None and not proven:
+        if active is not None and not proven and not previous_key_lost:
             raise ConfigurationError(
                 f"NHI_HMAC_KEY_PREVIOUS must be the key core is hashed with now (version {active.version}) "
                 "to rotate away from it")
@@ -220,12 +225,13 @@ def rekey(conn: psycopg.Connection, settings: Settings, requested_by: str) -> di
         for spec in nhi_specs():
             counts[spec.core.table] = _rehash(conn, spec, new, version)
         conn.execute(
-            "INSERT INTO etl.nhi_key_rotations (from_version, to_version, rows_rehashed, requested_by) "
-            "VALUES (%s, %s, %s, %s)", (active.version if active else None, version, Jsonb(counts), requested_by))
+            "INSERT INTO etl.nhi_key_rotations (from_version, to_version, rows_rehashed, previous_key_proven, "
+            "requested_by) VALUES (%s, %s, %s, %s, %s)",
+            (active.version if active else None, version, Jsonb(counts), proven or active is None, requested_by))
     log.info("nhi key rotated", from_version=active.version if active else None, to_version=version,
              rows=sum(counts.values()))
     return {"status": "rotated", "from_version": active.version if active else None, "key_version": version,
-            "rows_rehashed": counts}
+            "previous_key_proven": proven or active is None, "rows_rehashed": counts}
 
 
 def _rehash(conn: psycopg.Connection, spec: ExtractSpec, key: bytes, version: int) -> int:

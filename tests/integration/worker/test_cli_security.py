@@ -102,6 +102,7 @@ def test_rekey_command(pipeline_settings):
     done = _cli(db, "rekey", "--by", "ops-person")  # nothing hashed yet: registers the key
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"status": "rotated", "from_version": None, "key_version": 1,
+                                       "previous_key_proven": True,
                                        "rows_rehashed": {"dim_patient": 0, "dim_provider": 0, "fact_next_of_kin": 0}}
     new_key = "a-new-nhi-hmac-key-of-at-least-32-bytes"
     done = _cli(db, "rekey", NHI_HMAC_KEY=new_key)
@@ -110,6 +111,12 @@ def test_rekey_command(pipeline_settings):
     done = _cli(db, "rekey", NHI_HMAC_KEY=new_key, NHI_HMAC_KEY_PREVIOUS=KEY)
     assert done.returncode == 0 and json.loads(done.stdout)["key_version"] == 2
     assert KEY not in done.stdout + done.stderr and new_key not in done.stdout + done.stderr
+    lost_key = "a-third-nhi-hmac-key-of-at-least-32-bytes"
+    done = _cli(db, "rekey", "--previous-key-lost", NHI_HMAC_KEY=lost_key)
+    assert done.returncode == 0 and json.loads(done.stdout)["previous_key_proven"] is False
+    with psycopg.connect(db.url) as conn:
+        assert conn.execute("SELECT previous_key_proven FROM etl.nhi_key_rotations ORDER BY rotation_id").fetchall() \
+            == [(True,), (True,), (False,)]
     done = _cli(db, "rekey", NHI_HMAC_KEY="too-short")
     assert done.returncode == 2 and "NHI_HMAC_KEY must be at least 32 bytes" in done.stderr
     assert "too-short" not in done.stderr
