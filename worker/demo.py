@@ -186,8 +186,9 @@ def run_demo(patients: int = 300, keep: bool = False, inline: bool = False) -> i
         failed = {f["s3_key"] for s in summaries for f in s["failures"]}
         _report(settings, summaries, time.monotonic() - started)
         if not inline:
-            print("\nwhile services run (--keep): celery -A worker.app flower  (http://localhost:5555), "
-                  "indici-ingest serve-health  (http://localhost:8080/health)")
+            print("\nwhile services run (--keep): celery -A worker.app flower --conf=ops/flowerconfig.py  "
+                  "(http://127.0.0.1:5555, with FLOWER_BASIC_AUTH=user:password set), "
+                  "indici-ingest serve-health  (http://127.0.0.1:8080/health)")
         if failed == planted and not any(s.get("error") for s in summaries):
             print(f"\nthe {len(failed)} failed file(s) are exactly those with a planted fatal fault: as expected")
             return 0
