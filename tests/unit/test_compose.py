@@ -209,6 +209,7 @@ def test_every_secret_file_a_service_reads_exists_in_a_volume_it_mounts(compose,
             assert str(Path(path).parent) in mounted, f"{name}: {path} is not in a mounted volume"
             assert (tmp_path / Path(path).relative_to("/secrets")).is_file(), f"{name}: {path} is never written"
             monkeypatch.setenv(variable, str(tmp_path / Path(path).relative_to("/secrets")))
+            monkeypatch.delenv(variable.removesuffix("_FILE"), raising=False)  # e.g. a test session's own
         Settings()  # every value read that way passes validation
         for variable in environment:
             monkeypatch.delenv(variable, raising=False)
