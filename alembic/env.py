@@ -40,7 +40,8 @@ def _become_owner(connection) -> None:
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(config.attributes.get("settings"))
+    # MIGRATION_DATABASE_URL: the database owner with CREATEROLE (DATABASE_URL when unset).
+    engine = make_engine(config.attributes.get("settings"), migration=True)
     with engine.connect() as connection:
         _become_owner(connection)
         connection.commit()

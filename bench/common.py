@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import psycopg
 from psycopg import sql
 
+from worker.io.roles import roles
 from worker.pipeline.migrate import upgrade
 from worker.settings import Settings
 
@@ -56,8 +57,8 @@ def scratch_settings(**overrides) -> Iterator[Settings]:
         server.stop()
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            for role in ("indici_owner", "etl_writer", "app_reader"):
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(prefix + role)))
+            for role in roles(settings).all():
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def parse_args(doc: str, default_rows: int = 1_000_000) -> argparse.Namespace:

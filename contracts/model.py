@@ -68,6 +68,51 @@ class PiiClass(str, Enum):
     FREE_TEXT = "free_text"
 
 
+class Identification(str, Enum):
+    """How directly a column identifies a person: what the de-identified core (app_reader) may show.
+
+    - direct: identifies a person on its own (names, NHI and its hash, contact details, addresses,
+      record and card numbers, free text): never shown to app_reader.
+    - quasi: identifies in combination with other columns (date of birth, date of death, meshblock):
+      app_reader sees only its coarsened form (`coarsen`), and nothing when it has none.
+    - none: shown to app_reader.
+
+    Derived from `pii` unless a column says `identifies:` (which may only be stricter than the derived
+    class); `identified_reader` sees every column of core whatever its class.
+    """
+
+    DIRECT = "direct"
+    QUASI = "quasi"
+    NONE = "none"
+
+
+# What each PII class identifies by default; a column may only raise it.
+PII_IDENTIFICATION = {
+    PiiClass.NONE: Identification.NONE,
+    PiiClass.NHI: Identification.DIRECT,
+    PiiClass.NAME: Identification.DIRECT,
+    PiiClass.CONTACT: Identification.DIRECT,
+    PiiClass.ADDRESS: Identification.DIRECT,
+    PiiClass.BIRTH_DATE: Identification.QUASI,
+    PiiClass.FREE_TEXT: Identification.DIRECT,
+}
+_STRICTNESS = {Identification.NONE: 0, Identification.QUASI: 1, Identification.DIRECT: 2}
+
+
+class Coarsening(str, Enum):
+    """How a quasi identifier is shown to app_reader: a generated core column `<column>_<coarsening>`."""
+
+    YEAR = "year"
+    """A date becomes its year (smallint): year of birth instead of date of birth."""
+
+
+def coarsened_column(column: "ColumnSpec") -> str:
+    """The core column holding a quasi identifier's coarsened form: dob -> dob_year."""
+    if column.coarsening is None:
+        raise ValueError(f"{column.column} has no coarsened form")
+    return f"{column.column}_{column.coarsening.value}"
+
+
 class Severity(str, Enum):
     """What a value that breaks its column's rule does to the row."""
 
@@ -96,7 +141,25 @@ class ColumnSpec(BaseModel):
         default="report", description="What a value not yet in the domain table does to the row."
     )
     pii: PiiClass = Field(default=PiiClass.NONE, description="Sensitivity class; see PiiClass.")
+    identifies: Identification | None = Field(
+        default=None, description="Identification class when stricter than the pii class implies."
+    )
+    coarsen: Coarsening | None = Field(
+        default=None, description="Coarsened form of a quasi identifier for app_reader (birth dates: year)."
+    )
     description: str | None = None
+
+    @property
+    def identification(self) -> Identification:
+        """The column's identification class (see Identification)."""
+        return self.identifies or PII_IDENTIFICATION[self.pii]
+
+    @property
+    def coarsening(self) -> Coarsening | None:
+        """The coarsened form app_reader sees of a quasi identifier (birth dates: the year)."""
+        if self.coarsen is not None:
+            return self.coarsen
+        return Coarsening.YEAR if self.pii is PiiClass.BIRTH_DATE else None
 
     @model_validator(mode="after")
     def _check(self) -> "ColumnSpec":
@@ -108,6 +171,16 @@ class ColumnSpec(BaseModel):
             raise ValueError(f"reference column {self.column} must be an integer type")
         if self.pii is PiiClass.NHI and self.type is not ContractType.TEXT:
             raise ValueError(f"NHI column {self.column} must be text")
+        derived = PII_IDENTIFICATION[self.pii]
+        if self.identifies is not None and _STRICTNESS[self.identifies] < _STRICTNESS[derived]:
+            raise ValueError(
+                f"{self.column}: identifies {self.identifies.value} is weaker than its pii class "
+                f"{self.pii.value} ({derived.value})"
+            )
+        if self.coarsen is not None and self.identification is not Identification.QUASI:
+            raise ValueError(f"{self.column}: only a quasi identifier is coarsened")
+        if self.coarsening is Coarsening.YEAR and self.type is not ContractType.DATE:
+            raise ValueError(f"{self.column}: coarsen year needs a date column")
         return self
 
 
@@ -168,7 +241,11 @@ class ExtractSpec(BaseModel):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"{self.extract}: duplicated columns {duplicated}")
-        clash = sorted(set(names) & set(RESERVED_COLUMNS))
+        with_coarsened = names + [coarsened_column(c) for c in self.columns if c.coarsening]
+        duplicated = sorted({n for n in with_coarsened if with_coarsened.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"{self.extract}: coarsened columns {duplicated} clash with other columns")
+        clash = sorted(set(with_coarsened) & set(RESERVED_COLUMNS))
         if clash:
             raise ValueError(f"{self.extract}: columns {clash} clash with lineage/reserved column names")
         known = set(names)

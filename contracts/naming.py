@@ -44,3 +44,9 @@ def nhi_hash_column(column: str) -> str:
 def nhi_valid_column(column: str) -> str:
     base = column[:-7] if column.endswith("_number") else column
     return f"{base}_valid"
+
+
+def nhi_key_version_column(column: str) -> str:
+    """nhi_number -> nhi_key_version: the etl.nhi_key_versions version of the hash beside it."""
+    base = column[:-7] if column.endswith("_number") else column
+    return f"{base}_key_version"

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     Date,
     ForeignKey,
     Identity,
@@ -28,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 
 from contracts import naming
-from contracts.model import ExtractSpec, FactSpec, PiiClass
+from contracts.model import Coarsening, ExtractSpec, FactSpec, PiiClass, coarsened_column
 from contracts.registry import load_all
 from contracts.relations import references
 from contracts.types import rule_for
@@ -227,6 +228,58 @@ def _ops_tables(metadata: MetaData) -> None:
         # One message per run and outcome: a redelivered finalisation does not notify twice.
         UniqueConstraint("load_run_id", "run_status"),
         comment="Run summaries sent to NOTIFY_URLS",
+def _security_tables(metadata: MetaData) -> None:
+    """NHI key versions and their rotations; which organisations each reader login may see."""
+    Table(
+        "nhi_key_versions",
+        metadata,
+        Column("key_version", Integer, primary_key=True, autoincrement=False),
+        Column("fingerprint", Text, nullable=False, unique=True,
+               comment="HMAC-SHA256(key, fixed label), truncated: identifies the key, reveals nothing of it"),
+        Column("is_active", Boolean, nullable=False, comment="The key core's hashes are computed with"),
+        Column("registered_by", Text, nullable=False),
+        Column("registered_at", TZ, nullable=False, server_default=_now()),
+        Column("retired_at", TZ),
+        Index(None, "is_active", unique=True, postgresql_where=text("is_active")),
+        comment="Versions of NHI_HMAC_KEY (never the key); exactly one is active",
+        schema=naming.ETL,
+    )
+    Table(
+        "nhi_key_rotations",
+        metadata,
+        Column("rotation_id", BigInteger, Identity(), primary_key=True),
+        Column("from_version", Integer, ForeignKey("etl.nhi_key_versions.key_version")),
+        Column("to_version", Integer, ForeignKey("etl.nhi_key_versions.key_version"), nullable=False),
+        Column("rows_rehashed", JSONB, nullable=False, comment="Per core table: rows whose hash was recomputed"),
+        Column("previous_key_proven", Boolean, nullable=False,
+               comment="NHI_HMAC_KEY_PREVIOUS matched the retired version (false: rekey --previous-key-lost)"),
+        Column("requested_by", Text, nullable=False),
+        Column("rotated_at", TZ, nullable=False, server_default=_now()),
+        comment="Audit of `indici-ingest rekey`: core re-hashed from stg under a new key version",
+        schema=naming.ETL,
+    )
+    Table(
+        "login_organisations",
+        metadata,
+        Column("login", Text, nullable=False, comment="A login role (member of app_reader or identified_reader)"),
+        Column("per_org_id", BigInteger, nullable=False),
+        Column("bound_by", Text, nullable=False),
+        Column("bound_at", TZ, nullable=False, server_default=_now()),
+        PrimaryKeyConstraint("login", "per_org_id"),
+        comment="Row-level security: the organisations whose core rows a reader login sees",
+        schema=naming.ETL,
+    )
+    Table(
+        "login_organisation_changes",
+        metadata,
+        Column("change_id", BigInteger, Identity(), primary_key=True),
+        Column("login", Text, nullable=False),
+        Column("per_org_id", BigInteger, nullable=False),
+        Column("action", Text, nullable=False),
+        Column("changed_by", Text, nullable=False),
+        Column("changed_at", TZ, nullable=False, server_default=_now()),
+        CheckConstraint(_in("action", ("bind", "unbind")), name="action"),
+        comment="Audit of bind-org / unbind-org",
         schema=naming.ETL,
     )
 
@@ -339,10 +392,24 @@ def core_attribute_columns(spec: ExtractSpec) -> list[Column]:
         if col.pii is PiiClass.NHI:
             out.append(Column(naming.nhi_hash_column(col.column), Text, comment="HMAC-SHA256 of NHI"))
             out.append(Column(naming.nhi_valid_column(col.column), Boolean, comment="NHI check passed"))
+            out.append(Column(naming.nhi_key_version_column(col.column), Integer,
+                              comment="etl.nhi_key_versions.key_version of the hash's key"))
             continue
         typed = _typed(col)
         typed.nullable = col.column not in spec.natural_key
         out.append(typed)
+    return out
+
+
+def coarsened_columns(spec: ExtractSpec) -> list[Column]:
+    """Generated columns holding the coarsened form of quasi identifiers (dob -> dob_year), which the
+    de-identified core shows instead of the column itself (contracts/model.py Identification)."""
+    out: list[Column] = []
+    for col in spec.columns:
+        if col.coarsening is Coarsening.YEAR:
+            expression = f"(EXTRACT(year FROM {col.column}))::smallint"  # a spec column name: an identifier
+            out.append(Column(coarsened_column(col), SmallInteger, Computed(expression, persisted=True),
+                              comment=f"Year of {col.source}"))
     return out
 
 
@@ -412,6 +479,7 @@ def _core_table(metadata: MetaData, spec: ExtractSpec, dims: dict[str, ExtractSp
         metadata,
         Column(key, BigInteger, Identity(), primary_key=True),
         *core_attribute_columns(spec),
+        *coarsened_columns(spec),
         *extra,
         *_core_lineage(),
         comment=f"Curated {spec.extract} ({spec.core.role})",
@@ -425,6 +493,7 @@ def build_metadata(specs: dict[str, ExtractSpec] | None = None) -> MetaData:
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     _etl_tables(metadata)
     _ops_tables(metadata)
+    _security_tables(metadata)
     _domain_tables(metadata, {c.domain for s in specs.values() for c in s.columns if c.domain})
     _dim_date(metadata)
     dims = {name: s for name, s in specs.items() if s.is_dimension}

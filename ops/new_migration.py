@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alembic import command  # noqa: E402
 
+from worker.io.roles import roles  # noqa: E402
 from worker.pipeline.migrate import alembic_config  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
@@ -45,8 +46,8 @@ def main() -> int:
     finally:
         with psycopg.connect(args.admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            for role in ("indici_owner", "etl_writer", "app_reader"):
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(prefix + role)))
+            for role in roles(settings).all():
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     return 0
 
 

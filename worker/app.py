@@ -102,7 +102,7 @@ def configure_logging(level: str | int = "INFO") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
+                log.Redacting(structlog.processors.JSONRenderer()),
             ],
         )
     )

@@ -13,7 +13,13 @@ import json
 import sys
 import traceback
 from datetime import date
+from typing import NoReturn
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from worker.io.roles import LOGIN_ROLES
+from worker.pipeline.identity import ConfigurationError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -34,8 +40,17 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="block until the run ends, print its summary (implied by --inline)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that it never repeats unrecognised arguments (one may be a mistyped secret)."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            message = "unrecognized arguments (not shown: one may be a secret)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="indici-ingest", description="Nightly Indici ingestion.")
+    parser = _Parser(prog="indici-ingest", description="Nightly Indici ingestion.")
     parser.add_argument("--log-level", default="INFO", help="level of the JSON log lines on stderr")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("key", nargs="+", help="natural key values in order, e.g. 123 535 685146")
 
     serve_health = sub.add_parser("serve-health", help="serve GET /health over HTTP (200 healthy, 503 not)")
-    serve_health.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve_health.add_argument("--host", default="127.0.0.1",
+                              help="address to listen on (default: this machine only; 0.0.0.0 in a container)")
     serve_health.add_argument("--port", type=int, default=8080, help="port to listen on")
 
     reprocess = sub.add_parser("reprocess", help="explicitly load a file version again (audited)")
@@ -68,6 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--by", default="cli", help="who asks (recorded)")
 
     _add_operator_commands(sub)
+    grant = sub.add_parser("grant-login", help="create or update a login holding one project role "
+                           "(password from stdin or a file, never an argument)")
+    grant.add_argument("name", help="the login role's name")
+    grant.add_argument("--role", required=True, choices=LOGIN_ROLES, help="the one project role it holds")
+    source = grant.add_mutually_exclusive_group()
+    source.add_argument("--password-file", metavar="PATH", help="read the password from this file")
+    source.add_argument("--password-stdin", action="store_true",
+                        help="read the password from standard input (the default when it is not a terminal)")
+    source.add_argument("--password", help=argparse.SUPPRESS)  # only to refuse it without echoing it
+
+    for command, verb in (("bind-org", "let a reader login see"), ("unbind-org", "stop a reader login seeing")):
+        bind = sub.add_parser(command, help=f"{verb} the core rows of one organisation (audited)")
+        bind.add_argument("login", help="a login holding app_reader or identified_reader")
+        bind.add_argument("per_org_id", type=int, help="the organisation's PerOrgID")
+        bind.add_argument("--by", default=None, help="who asks (recorded; default: the operating-system user)")
+
+    rekey = sub.add_parser("rekey", help="re-hash every NHI in core under NHI_HMAC_KEY (key rotation; "
+                           "NHI_HMAC_KEY_PREVIOUS must be the current key)")
+    rekey.add_argument("--by", default=None, help="who asks (recorded; default: the operating-system user)")
+    rekey.add_argument("--previous-key-lost", action="store_true",
+                       help="the current key is lost or compromised: rotate without NHI_HMAC_KEY_PREVIOUS (recorded)")
 
     synth = sub.add_parser("synth", help="write generated real-format extract files")
     from worker.synth.command import add_synth_arguments
@@ -278,6 +315,88 @@ def cmd_reprocess(args) -> int:
     return EXIT_OK
 
 
+def _read_password(args) -> str:
+    """From --password-file, else standard input (a prompt without echo on a terminal). Never echoed."""
+    import getpass
+
+    if args.password_file:
+        try:
+            text = open(args.password_file, encoding="utf-8").read()
+        except OSError as exc:
+            raise ValueError(f"--password-file: cannot read {args.password_file} ({exc.strerror})") from None
+    elif not args.password_stdin and sys.stdin.isatty():
+        text = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != text:
+            raise ValueError("the two passwords differ")
+    else:
+        text = sys.stdin.read()
+    return text[:-1] if text.endswith("\n") else text
+
+
+def cmd_grant_login(args) -> int:
+    from worker.io.db import connect
+    from worker.io.logins import LoginError, grant_login
+
+    if args.password is not None:
+        print("grant-login: a password is never an argument (shell history, process list): "
+              "use --password-file PATH or standard input", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings()
+    try:
+        password = _read_password(args)
+        with connect(settings, migration=True) as conn:
+            result = grant_login(conn, settings, args.name, args.role, password)
+            conn.commit()
+    except (LoginError, ValueError) as exc:
+        print(f"grant-login: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    revoked = f" (no longer: {', '.join(result.revoked)})" if result.revoked else ""
+    print(f"login {result.login} {'created' if result.created else 'updated'}: holds {result.role}{revoked}")
+    return EXIT_OK
+
+
+def _cmd_binding(args, bind: bool) -> int:
+    from worker.io.db import connect
+    from worker.io.logins import LoginError, bind_org, operator, unbind_org
+
+    settings = _settings()
+    by = args.by or operator()
+    try:
+        with connect(settings, migration=True) as conn:
+            change = bind_org if bind else unbind_org
+            orgs = change(conn, settings, args.login, args.per_org_id, by)
+            conn.commit()
+    except LoginError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"login {args.login} sees organisations: {', '.join(map(str, orgs)) or 'none'}")
+    return EXIT_OK
+
+
+def cmd_bind_org(args) -> int:
+    return _cmd_binding(args, bind=True)
+
+
+def cmd_unbind_org(args) -> int:
+    return _cmd_binding(args, bind=False)
+
+
+def cmd_rekey(args) -> int:
+    from worker.io.db import connect
+    from worker.io.logins import operator
+    from worker.pipeline.nhi_keys import RekeyError, rekey
+
+    settings = _settings()
+    try:
+        with connect(settings) as conn:
+            summary = rekey(conn, settings, args.by or operator(), previous_key_lost=args.previous_key_lost)
+    except RekeyError as exc:
+        print(f"rekey: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print_summary(summary)
+    return EXIT_OK
+
+
 def cmd_synth(args) -> int:
     from worker.synth.command import run_synth
 
@@ -417,6 +536,10 @@ COMMANDS = {
     "skipped": cmd_skipped,
     "config": cmd_config,
     "domains": cmd_domains,
+    "grant-login": cmd_grant_login,
+    "bind-org": cmd_bind_org,
+    "unbind-org": cmd_unbind_org,
+    "rekey": cmd_rekey,
     "synth": cmd_synth,
     "demo": cmd_demo,
 }
@@ -433,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.log_level)
     try:
         return COMMANDS[args.command](args)
+    except (ValidationError, SettingsError, ConfigurationError) as exc:
+        print(f"configuration error: {configuration_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except BaseException as exc:  # every error ends as a short message and an exit code
         if isinstance(exc, SystemExit):
             raise
@@ -440,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_error(exc: BaseException, debug: bool) -> int:
-    from worker.errors import explain, mask_url
+    from worker.errors import explain
+    from worker.redact import redact
 
     if debug:
         traceback.print_exc()
@@ -454,16 +581,27 @@ def _report_error(exc: BaseException, debug: bool) -> int:
         settings = None
     explained = explain(exc, settings)
     if explained is not None:
-        print(explained.message, file=sys.stderr)
+        print(redact(explained.message), file=sys.stderr)
         return explained.code
-    text = str(exc)
-    if settings is not None:  # a secret may be inside an unknown error's text
-        for secret in (settings.database_url, settings.celery_broker_url, settings.celery_result_backend):
-            url = secret.get_secret_value()
-            text = text.replace(url, mask_url(url))
+    text = redact(str(exc))  # a secret may be inside an unknown error's text
     print(f"error: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
           + ("" if debug else "\n(run with --debug for the traceback)"), file=sys.stderr)
     return EXIT_FAILED
+
+
+def configuration_message(exc: Exception) -> str:
+    """A configuration error in one line per problem, naming the setting, never showing its value."""
+    if isinstance(exc, ValidationError):
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False, include_context=False):
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        message = "; ".join(lines)
+    else:
+        message = str(exc)
+    from worker.redact import redact
+
+    return redact(message)
 
 
 if __name__ == "__main__":

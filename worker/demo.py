@@ -25,13 +25,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
 from worker.pipeline.nztime import NZ
 from worker.pipeline.run import Selection
+from worker.redact import mask_url
 
 DEMO_DIR = Path(".demo")
 DEMO_DB = "indici_demo"
@@ -89,8 +89,10 @@ def _ensure_database(url: str, fresh: bool) -> str:
 
 def _database_url(fresh: bool = False) -> tuple[str, str]:
     """(url, where) of the demo database, created when missing."""
-    if os.environ.get("DATABASE_URL"):
-        url = os.environ["DATABASE_URL"]
+    if os.environ.get("DATABASE_URL") or os.environ.get("DATABASE_URL_FILE"):
+        from worker.settings import get_settings
+
+        url = get_settings().database_url.get_secret_value()  # DATABASE_URL or DATABASE_URL_FILE
         where = "configured DATABASE_URL"
     elif _listening("127.0.0.1", 5432):
         url = f"postgresql://127.0.0.1:5432/{DEMO_DB}"
@@ -248,8 +250,9 @@ def run_demo(patients: int = 300, keep: bool = False, inline: bool = False, fres
         failed = {f["s3_key"].rsplit("/", 1)[-1] for s in summaries for f in s["failures"]}
         _report(settings, batches, summaries, time.monotonic() - started)
         if not inline and not external:
-            print("\nwhile services run (--keep): celery -A worker.app flower  (http://localhost:5555), "
-                  "indici-ingest serve-health  (http://localhost:8080/health)")
+            print("\nwhile services run (--keep): celery -A worker.app flower --conf=ops/flowerconfig.py  "
+                  "(http://127.0.0.1:5555, with FLOWER_BASIC_AUTH=user:password set), "
+                  "indici-ingest serve-health  (http://127.0.0.1:8080/health)")
         if failed == planted and not any(s.get("error") for s in summaries):
             print(f"\nthe {len(failed)} failed file(s) are exactly those with a planted fatal fault: as expected")
             return 0
@@ -261,7 +264,7 @@ def run_demo(patients: int = 300, keep: bool = False, inline: bool = False, fres
         return 1
     finally:
         if keep and moto is not None:
-            print(f"\nservices left running: moto at {endpoint} (pid {moto.pid}); DATABASE_URL={_masked(url)}")
+            print(f"\nservices left running: moto at {endpoint} (pid {moto.pid}); DATABASE_URL={mask_url(url)}")
         else:
             _stop(worker)
             _stop(redis_proc)
@@ -293,10 +296,6 @@ def _what_is_there(conn: psycopg.Connection) -> str | None:
             "takes batches from the newest one loaded on.")
 
 
-def _masked(url: str) -> str:
-    from worker.errors import mask_url
-
-    return mask_url(url)
 
 
 def _nightly_via_celery(settings, printer) -> dict:
@@ -441,7 +440,7 @@ def _report(settings, batches, summaries: list[dict], seconds: float) -> None:
     for problem in health.get("problems", [])[:5]:
         print(f"  problem: {problem}")
     print(f"total time {seconds:.1f}s")
-    print(f"\nDATABASE_URL={_masked(settings.database_url.get_secret_value())}")
+    print(f"\nDATABASE_URL={mask_url(settings.database_url.get_secret_value())}")  # never a password
     print("look further (with DATABASE_URL set as above):")
     for suggestion in look:
         print(suggestion.line())

@@ -36,6 +36,7 @@ def health_response(settings: Settings, now: datetime | None = None) -> tuple[in
     """(HTTP status, body) of one health check: the report from the database plus worker liveness."""
     try:
         with connect(settings, autocommit=True) as conn:
+            conn.execute(f"SET statement_timeout = {DATABASE_TIMEOUT_MS}")
             report = health_report(conn, now)
     except psycopg.errors.UndefinedTable:
         report = {"status": "database_not_migrated", "problems": ["the schema is missing: run `indici-ingest migrate`"],
@@ -53,9 +54,17 @@ def health_response(settings: Settings, now: datetime | None = None) -> tuple[in
     return (HTTPStatus.OK if report["status"] in HEALTHY else HTTPStatus.SERVICE_UNAVAILABLE), report
 
 
+# Seconds a client may take to send its request, or stay connected idle (keep-alive) before it is
+# dropped, and that the database may take to answer: a slow or stuck client or database never holds a
+# thread for long.
+REQUEST_TIMEOUT = 10
+DATABASE_TIMEOUT_MS = 5000
+
+
 class HealthHandler(BaseHTTPRequestHandler):
     server_version = "indici-ingest-health"
     settings: Settings  # set by make_server on a subclass
+    timeout = REQUEST_TIMEOUT  # socket timeout of each connection (StreamRequestHandler)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body, default=str).encode("utf-8")
@@ -86,14 +95,14 @@ class HealthHandler(BaseHTTPRequestHandler):
                  status=args[1] if len(args) > 1 else None)
 
 
-def make_server(settings: Settings, host: str = "0.0.0.0", port: int = 8080) -> ThreadingHTTPServer:
+def make_server(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     handler = type("BoundHealthHandler", (HealthHandler,), {"settings": settings})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True  # a hung request never blocks shutdown
     return server
 
 
-def serve(settings: Settings, host: str = "0.0.0.0", port: int = 8080) -> None:
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None:
     server = make_server(settings, host, port)
     log.info("health endpoint listening", host=host, port=server.server_address[1], path="/health")
     try:

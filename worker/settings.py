@@ -1,23 +1,79 @@
-"""The one settings class. Every value comes from the environment (or a `.env` file in development)."""
+"""The one settings class. Every value comes from the environment (or a `.env` file in development).
+
+Secrets: every `SecretStr` setting may instead be given as a file, `<NAME>_FILE=/path` (the Docker
+secrets convention; docker-compose.yml uses it), never both. Validation errors never show the input
+(`hide_input_in_errors`), and each instance registers its secret values with worker.redact so that
+logs and error output mask them.
+"""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from worker import redact
+
+# An HMAC-SHA256 key shorter than the hash's output (32 bytes) weakens it; such keys are refused.
+MIN_NHI_KEY_BYTES = 32
+FILE_SUFFIX = "_FILE"
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return "SecretStr" in str(field.annotation)
+
+
+class SecretFileSource(PydanticBaseSettingsSource):
+    """`<NAME>_FILE` for every secret setting: the value is the file's content (one trailing newline
+    dropped). Giving both `<NAME>` and `<NAME>_FILE` is an error, not a silent choice."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            alias = field.validation_alias if isinstance(field.validation_alias, str) else name.upper()
+            path = os.environ.get(alias + FILE_SUFFIX)
+            if not path or not _is_secret(field):
+                continue
+            if os.environ.get(alias):
+                raise SettingsError(f"set either {alias} or {alias}{FILE_SUFFIX}, not both")
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(f"{alias}{FILE_SUFFIX}: cannot read {path} ({exc.strerror})") from None
+            values[alias] = text[:-1] if text.endswith("\n") else text
+        return values
 
 
 class Settings(BaseSettings):
     """Configuration of indici-ingest; field names match the environment variables of PRODUCT.md."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: SecretStr = Field(
         default=SecretStr("postgresql://127.0.0.1:5432/indici"),
         validation_alias="DATABASE_URL",
     )
-    """Postgres URL (libpq form, `postgresql://user:pass@host:port/db`). Secret: it may hold a password."""
+    """Postgres URL (libpq form, `postgresql://user:pass@host:port/db`) of the service: in production a
+    login that holds only `etl_writer` (`indici-ingest grant-login`). Secret: it may hold a password."""
+
+    migration_database_url: SecretStr | None = Field(default=None, validation_alias="MIGRATION_DATABASE_URL")
+    """Postgres URL of the login that runs `migrate`, `grant-login` and `bind-org`: the database's owner
+    with CREATEROLE (no superuser needed). Unset: DATABASE_URL is used. Secret: it may hold a password."""
 
     celery_broker_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"), validation_alias="CELERY_BROKER_URL"
@@ -53,8 +109,20 @@ class Settings(BaseSettings):
     """Standard AWS credential for temporary credentials."""
 
     nhi_hmac_key: SecretStr | None = Field(default=None, validation_alias="NHI_HMAC_KEY")
-    """Secret key of the HMAC-SHA256 that turns an NHI into core's nhi_hash. Required whenever patients
-    are merged; kept outside the database so the hashes cannot be reversed by trying every NHI."""
+    """Secret key of the HMAC-SHA256 that turns an NHI into core's nhi_hash: at least 32 bytes (UTF-8),
+    e.g. `python -c "import secrets; print(secrets.token_urlsafe(32))"`. Required whenever patients are
+    merged; kept outside the database (only a fingerprint is recorded, in etl.nhi_key_versions) so the
+    hashes cannot be reversed by trying every NHI. To rotate it, see NHI_HMAC_KEY_PREVIOUS."""
+
+    nhi_hmac_key_previous: SecretStr | None = Field(default=None, validation_alias="NHI_HMAC_KEY_PREVIOUS")
+    """The key being rotated out, set only during a rotation: deploy NHI_HMAC_KEY=<new> and
+    NHI_HMAC_KEY_PREVIOUS=<old> everywhere (merges keep using whichever of the two core is hashed with),
+    run `indici-ingest rekey` (re-hashes core under the new key in one transaction), then remove this
+    setting. At least 32 bytes, like NHI_HMAC_KEY."""
+
+    flower_basic_auth: SecretStr | None = Field(default=None, validation_alias="FLOWER_BASIC_AUTH")
+    """`user:password` (comma-separated for several) that Flower's UI requires (ops/flowerconfig.py).
+    Unset: Flower refuses to start."""
 
     known_per_org_ids: list[int] = Field(default_factory=list, validation_alias="KNOWN_PER_ORG_IDS")
     """PerOrgIDs used to split the compact file-name form (`685146545Appointments...`) into
@@ -62,7 +130,8 @@ class Settings(BaseSettings):
 
     db_role_prefix: str = Field(default="", validation_alias="DB_ROLE_PREFIX")
     """Prefix of the database roles the migrations create (`<prefix>indici_owner`, `<prefix>etl_writer`,
-    `<prefix>app_reader`). Roles are cluster-wide: tests use a per-run prefix so runs never share them."""
+    `<prefix>app_reader`, `<prefix>identified_reader`, `<prefix>engineer`; worker/io/roles.py). Roles are
+    cluster-wide: tests use a per-run prefix so runs never share them."""
 
     notify_urls: SecretStr = Field(default=SecretStr(""), validation_alias="NOTIFY_URLS")
     """Comma-separated apprise URLs (https://github.com/caronc/apprise/wiki) that receive every run's
@@ -71,6 +140,58 @@ class Settings(BaseSettings):
 
     s3_read_chunk_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="S3_READ_CHUNK_BYTES")
     """Bytes read from an S3 object per chunk while landing; bounds the landing's memory."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, SecretFileSource(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("nhi_hmac_key", "nhi_hmac_key_previous", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return None if isinstance(value, str) and not value else value
+
+    @field_validator("nhi_hmac_key", "nhi_hmac_key_previous")
+    @classmethod
+    def _key_is_long_enough(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode("utf-8")) < MIN_NHI_KEY_BYTES:
+            name = "NHI_HMAC_KEY_PREVIOUS" if info.field_name == "nhi_hmac_key_previous" else "NHI_HMAC_KEY"
+            raise ValueError(f"{name} must be at least {MIN_NHI_KEY_BYTES} bytes (UTF-8); "
+                             "generate one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\"")
+        return value
+
+    @field_validator("database_url", "migration_database_url", "celery_broker_url", "celery_result_backend")
+    @classmethod
+    def _url_is_well_formed(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        # libpq and redis-py quote the offending part of a malformed URL in their errors (a password
+        # with a stray % would be printed): refuse it here, naming the setting but not the value.
+        if value is not None and redact.malformed_percent_escape(value.get_secret_value()):
+            name = str(info.field_name).upper()
+            raise ValueError(f"{name} has a malformed percent-escape (a % not followed by two hex digits); "
+                             "percent-encode the password (% is %25)")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                if name.endswith("_url"):
+                    redact.register_url(secret)
+                else:
+                    redact.register(secret)
+
+    def migration_url(self) -> SecretStr:
+        """MIGRATION_DATABASE_URL, else DATABASE_URL."""
+        return self.migration_database_url or self.database_url
 
 
 @lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ Create Date: 2026-11-27
 from typing import Sequence, Union
 
 from alembic import context, op
+from sqlalchemy import text
 
 from contracts.naming import CORE, ETL, RAW, SCHEMAS, STG
 from worker.io.roles import roles
@@ -40,6 +41,26 @@ def _roles():
     return roles(context.config.attributes.get("settings"))
 
 
+def _give_alembic_version_to(role: str) -> None:
+    """ALTER TABLE alembic_version OWNER TO role. A superuser may do that outright; a database owner
+    with CREATEROLE (no superuser: MIGRATION_DATABASE_URL) only when the new owner may create in the
+    table's schema (public), so that privilege is granted for the hand-over and taken back at once:
+    the end state is the same either way."""
+    bind = op.get_bind()
+    schema = bind.execute(
+        text("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+             "WHERE c.oid = 'alembic_version'::regclass")
+    ).scalar_one()
+    lacks_create = not bind.execute(
+        text("SELECT has_schema_privilege(:role, :schema, 'CREATE')"), {"role": role, "schema": schema}
+    ).scalar_one()
+    if lacks_create:
+        op.execute(f"GRANT CREATE ON SCHEMA {_q(schema)} TO {_q(role)}")
+    op.execute(f"ALTER TABLE alembic_version OWNER TO {_q(role)}")
+    if lacks_create:
+        op.execute(f"REVOKE CREATE ON SCHEMA {_q(schema)} FROM {_q(role)}")
+
+
 def upgrade() -> None:
     r = _roles()
     for name in (r.owner, r.writer, r.reader):
@@ -64,7 +85,7 @@ def upgrade() -> None:
     op.execute(f"GRANT USAGE ON SCHEMA {CORE} TO {reader}")
     op.execute(f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {CORE} GRANT SELECT ON TABLES TO {reader}")
     # alembic's own table must belong to the owner, since later migrations run as it.
-    op.execute(f"ALTER TABLE alembic_version OWNER TO {owner}")
+    _give_alembic_version_to(r.owner)
     # From here on (this session, later revisions) objects are created as the owner.
     op.execute(f"SET ROLE {owner}")
 
@@ -76,6 +97,11 @@ def downgrade() -> None:
     for schema in reversed(SCHEMAS):
         op.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     for name in (r.writer, r.reader, r.owner):
+        # DROP OWNED needs the role's privileges: a superuser has them, a CREATEROLE owner takes them.
+        op.execute(
+            "DO $$ BEGIN IF NOT pg_has_role(current_user, "
+            f"'{name}', 'USAGE') THEN GRANT {_q(name)} TO current_user; END IF; END $$"
+        )
         # Privileges (incl. default privileges) this database holds for the role go first; the role
         # itself is dropped only if no other database still depends on it.
         op.execute(f"DROP OWNED BY {_q(name)}")

@@ -4,8 +4,9 @@ Everything here is derived from the specs and built with psycopg.sql only. The s
 by worker/pipeline/merge.py, in this order, inside one transaction that holds the MERGE advisory lock.
 
 Temporary tables (created and dropped by each extract's merge, so several extracts share a transaction):
-  merge_nhi(value, hash, valid)  the distinct NHI values in scope, hashed in Python (the key never
-                                 reaches Postgres); joined on the value exactly as staged.
+  merge_nhi(value, hash, valid, key_version)  the distinct NHI values in scope, hashed in Python (the
+                                 key never reaches Postgres; key_version is the etl.nhi_key_versions
+                                 version of the key); joined on the value exactly as staged.
   merge_affected(<nk>)           dimension keys whose versions are recomputed.
   merge_desired(...)             the complete desired SCD2 history of the affected keys.
 
@@ -112,6 +113,7 @@ def _attr_select(spec: ExtractSpec, src: str) -> sql.Composable:
             n = _nhi_alias(col)
             parts.append(sql.SQL("{} AS {}").format(sql.Identifier(n, "hash"), sql.Identifier(naming.nhi_hash_column(col.column))))
             parts.append(sql.SQL("{} AS {}").format(sql.Identifier(n, "valid"), sql.Identifier(naming.nhi_valid_column(col.column))))
+            parts.append(sql.SQL("{} AS {}").format(sql.Identifier(n, "key_version"), sql.Identifier(naming.nhi_key_version_column(col.column))))
             continue
         parts.append(sql.SQL("{} AS {}").format(sql.Identifier(src, col.column), sql.Identifier(col.column)))
     return sql.SQL(", ").join(parts)
@@ -235,12 +237,12 @@ def _version_join(ref: Reference, alias: str, source: str, at: sql.Composable) -
 def nhi_temp_table() -> list[sql.Composable]:
     return [
         sql.SQL("DROP TABLE IF EXISTS {}").format(NHI_TABLE),
-        sql.SQL("CREATE TEMP TABLE {} (value text PRIMARY KEY, hash text, valid boolean)").format(NHI_TABLE),
+        sql.SQL("CREATE TEMP TABLE {} (value text PRIMARY KEY, hash text, valid boolean, key_version integer)").format(NHI_TABLE),
     ]
 
 
 def nhi_copy() -> sql.Composable:
-    return sql.SQL("COPY {} (value, hash, valid) FROM STDIN").format(NHI_TABLE)
+    return sql.SQL("COPY {} (value, hash, valid, key_version) FROM STDIN").format(NHI_TABLE)
 
 
 def nhi_values_statement(spec: ExtractSpec) -> sql.Composable:

@@ -48,9 +48,18 @@ def create_database(tag: str) -> TestDatabase:
 
 
 def drop_database(db: TestDatabase) -> None:
+    """The database, then every role with the session's prefix: the group roles of worker/io/roles.py
+    and the logins tests created (named with the prefix too, e.g. by grant-login)."""
+    from worker.io.roles import roles
+
     _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db.name)))
-    for role in ("indici_owner", "etl_writer", "app_reader"):
-        _admin(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(db.role_prefix + role)))
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        group = set(roles(db.settings()).all())
+        prefixed = {r[0] for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (db.role_prefix,))}
+        # Logins first: a group role cannot be dropped while another database still depends on it.
+        for role in sorted(prefixed - group) + [r for r in roles(db.settings()).all() if r in prefixed]:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def migrate(db: TestDatabase, revision: str = "head") -> None:

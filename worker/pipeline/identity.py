@@ -6,8 +6,9 @@ Rules (shared/indici/README.md, PRODUCT.md):
 - hash: lower-case hex HMAC-SHA256(key = NHI_HMAC_KEY as UTF-8, message = normalised NHI as UTF-8);
   None when the NHI is empty. Invalid NHIs are hashed too (core flags them with <stem>_valid = false).
 
-The key never leaves Python: merges hash the distinct NHIs here and send only (value, hash, valid)
-triples to Postgres. Nothing in this module logs a value.
+The key never leaves Python: merges hash the distinct NHIs here and send only (value, hash, valid, key
+version) rows to Postgres. Which key a merge uses, and rotating it, is worker/pipeline/nhi_keys.py; the
+settings refuse keys shorter than 32 bytes. Nothing in this module logs a value.
 """
 
 from __future__ import annotations

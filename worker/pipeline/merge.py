@@ -36,8 +36,9 @@ from contracts.registry import get as get_spec
 from contracts.registry import load_all
 from contracts.sql import merge as M
 from worker.log import bound, get_logger
-from worker.pipeline import config, ledger
-from worker.pipeline.identity import ConfigurationError, key_from_settings, nhi_hash, nhi_is_valid, normalise_nhi
+from worker.pipeline import config, ledger, nhi_keys
+from worker.pipeline.identity import ConfigurationError, nhi_hash, nhi_is_valid, normalise_nhi
+from worker.pipeline.nhi_keys import ActiveKey
 from worker.pipeline.ledger import LockSpace
 
 log = get_logger(__name__)
@@ -112,18 +113,18 @@ def _delete_settings(conn: psycopg.Connection, spec: ExtractSpec) -> tuple[bool,
     return bool(enabled) and bool(batches), [str(b) for b in batches]
 
 
-def _load_nhis(conn: psycopg.Connection, spec: ExtractSpec, key: bytes, params: dict[str, Any]) -> None:
-    """Hash the distinct NHI values in scope in Python and COPY (value, hash, valid) into merge_nhi.
-    One SELECT DISTINCT, one COPY; no value is logged."""
+def _load_nhis(conn: psycopg.Connection, spec: ExtractSpec, key: ActiveKey, params: dict[str, Any]) -> None:
+    """Hash the distinct NHI values in scope in Python and COPY (value, hash, valid, key version) into
+    merge_nhi. One SELECT DISTINCT, one COPY; no value is logged."""
     for statement in M.nhi_temp_table():
         conn.execute(statement)
     values = [row[0] for row in conn.execute(M.nhi_values_statement(spec), params)]
     with conn.cursor() as cur, cur.copy(M.nhi_copy()) as copy:
         for value in values:
             normalised = normalise_nhi(value)
-            copy.write_row(
-                (value, nhi_hash(key, normalised), None if normalised is None else nhi_is_valid(normalised))
-            )
+            hashed = nhi_hash(key.key, normalised)
+            copy.write_row((value, hashed, None if normalised is None else nhi_is_valid(normalised),
+                            None if hashed is None else key.version))
     conn.execute("ANALYZE merge_nhi")
 
 
@@ -136,7 +137,8 @@ def merge_extract(conn: psycopg.Connection, spec: ExtractSpec, file_ids: list[in
     result = MergeResult(spec.extract, spec.core.table, len(file_ids))
     if not file_ids:
         return result
-    key = key_from_settings(settings, spec.extract) if M.nhi_columns(spec) else None
+    # The key core is hashed with (a configuration error when the configured keys do not include it).
+    key = nhi_keys.key_for_merge(conn, settings, spec.extract) if M.nhi_columns(spec) else None
     deletes, full_batches = _delete_settings(conn, spec)
     params = {"files": file_ids, "extract": spec.extract, "deletes": deletes, "full_batches": full_batches}
     # Wide generated statements gain nothing from JIT and pay seconds to compile it; the newest-version
@@ -160,7 +162,7 @@ def _refresh_statistics(conn: psycopg.Connection, core_table: str) -> None:
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(naming.CORE, core_table)))
 
 
-def _merge_dimension(conn, spec: ExtractSpec, key: bytes | None, params: dict, result: MergeResult) -> None:
+def _merge_dimension(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, result: MergeResult) -> None:
     st = _dim_statements(spec.extract)
     t = time.monotonic()
     for statement in st["affected"]:
@@ -190,7 +192,7 @@ def _merge_dimension(conn, spec: ExtractSpec, key: bytes | None, params: dict, r
     result.timed("delete", t)
 
 
-def _merge_fact(conn, spec: ExtractSpec, key: bytes | None, params: dict, result: MergeResult) -> None:
+def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, result: MergeResult) -> None:
     st = _fact_statements(spec.extract)
     first, last = conn.execute(st["range"], params).fetchone()
     ensure_dim_date(conn, first, last)

@@ -11,6 +11,7 @@ from psycopg import sql
 
 from contracts import naming
 from contracts.registry import known_domain_values, load_all
+from worker.io.access import apply_access
 from worker.io.db import connect
 from worker.pipeline import config_keys
 from worker.settings import Settings, get_settings
@@ -26,11 +27,20 @@ def alembic_config(settings: Settings | None = None) -> Config:
 
 
 def upgrade(settings: Settings | None = None, revision: str = "head") -> None:
-    """Bring the database to `revision`, then make sure etl.config holds every contract default."""
+    """Bring the database to `revision`, then make sure etl.config holds every contract default and
+    the privileges, row-level policies and deid views match the contracts (worker/io/access.py)."""
     settings = settings or get_settings()
     command.upgrade(alembic_config(settings), revision)
     if revision == "head":
         sync_config_defaults(settings)
+        sync_access(settings)
+
+
+def sync_access(settings: Settings | None = None) -> None:
+    """Re-apply the access model generated from the contracts (idempotent), as the migrating login."""
+    with connect(settings, migration=True) as conn:
+        apply_access(conn, settings or get_settings())
+        conn.commit()
 
 
 def downgrade(settings: Settings | None = None, revision: str = "base") -> None:
@@ -59,7 +69,7 @@ def sync_config_defaults(settings: Settings | None = None) -> int:
     """Insert missing etl.config defaults (never overwriting a value an operator has set) and the
     documented domain values (contracts/domains.yaml). Returns the config rows added."""
     added = 0
-    with connect(settings) as conn:
+    with connect(settings, migration=True) as conn:
         for extract, key, value in contract_defaults():
             cur = conn.execute(
                 sql.SQL(

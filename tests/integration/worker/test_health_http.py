@@ -133,3 +133,29 @@ def test_an_unreachable_database_is_503_without_details(migrated_db):
     status, body = health_response(migrated_db.settings(DATABASE_URL="postgresql://127.0.0.1:1/nowhere"))
     assert status == 503 and body["status"] == "database_unreachable"
     assert "nowhere" not in json.dumps(body)
+
+
+def test_it_listens_on_this_machine_only_by_default(migrated_db):
+    from worker.cli import build_parser
+
+    server = make_server(migrated_db.settings(), port=0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
+    assert build_parser().parse_args(["serve-health"]).host == "127.0.0.1"
+
+
+def test_a_client_that_sends_nothing_is_disconnected(endpoint, monkeypatch):
+    """Idle and slow clients do not hold a thread: the server closes the connection after its timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from worker import health_http
+
+    monkeypatch.setattr(health_http.HealthHandler, "timeout", 0.5)
+    url, _ = endpoint
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as client:
+        client.sendall(b"GET /health HTTP/1.1\r\n")  # a request that never ends
+        assert client.recv(1024) == b""  # closed by the server, long before the client's own timeout

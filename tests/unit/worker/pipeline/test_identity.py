@@ -57,4 +57,5 @@ def test_missing_key_is_a_configuration_error():
         key_from_settings(Settings(NHI_HMAC_KEY=None), "Patients")
     with pytest.raises(ConfigurationError):
         key_from_settings(Settings(NHI_HMAC_KEY=""), "Patients")
-    assert key_from_settings(Settings(NHI_HMAC_KEY="abc"), "Patients") == b"abc"
+    key = "k" * 32
+    assert key_from_settings(Settings(NHI_HMAC_KEY=key), "Patients") == key.encode()
