@@ -228,6 +228,10 @@ def _ops_tables(metadata: MetaData) -> None:
         # One message per run and outcome: a redelivered finalisation does not notify twice.
         UniqueConstraint("load_run_id", "run_status"),
         comment="Run summaries sent to NOTIFY_URLS",
+        schema=naming.ETL,
+    )
+
+
 def _security_tables(metadata: MetaData) -> None:
     """NHI key versions and their rotations; which organisations each reader login may see."""
     Table(
