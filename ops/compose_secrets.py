@@ -54,7 +54,8 @@ def _read(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
-def generate(root: Path, supplied_key: str | None = None, chown: bool | None = None) -> list[str]:
+def generate(root: Path, supplied_key: str | None = None, chown: bool | None = None,
+             notify_urls: str | None = None) -> list[str]:
     """Create or complete the secrets under `root`; returns the files written (relative names)."""
     chown = (os.geteuid() == 0) if chown is None else chown
     written: list[str] = []
@@ -90,6 +91,9 @@ def generate(root: Path, supplied_key: str | None = None, chown: bool | None = N
     for volume in ("service", "flower"):
         put(volume, "celery_broker_url", broker)
         put(volume, "celery_result_backend", results)
+    # Notification URLs carry tokens, so they travel as a secret file too; empty means no notifications.
+    # Unlike the generated secrets they follow NOTIFY_URLS on every start, so an operator can change them.
+    put("service", "notify_urls", notify_urls if notify_urls is not None else (_read(root / "service" / "notify_urls") or ""))
     put("flower", "flower_basic_auth", f"{FLOWER_USER}:{values['flower_password']}")
     for volume, owner in OWNERS.items():  # read-only for its reader from here on
         if chown:
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="where the secret volumes are mounted")
     args = parser.parse_args(argv)
-    written = generate(args.root, os.environ.get("NHI_HMAC_KEY") or None)
+    written = generate(args.root, os.environ.get("NHI_HMAC_KEY") or None, notify_urls=os.environ.get("NOTIFY_URLS"))
     print(f"secrets ready under {args.root} ({len(written)} written: {', '.join(written) or 'none'})")
     return 0
 

@@ -210,7 +210,7 @@ def finalise(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
     previous = row[0] or {}
     # From the plan, or from an earlier finalisation of the same run (a redelivered body finalises again).
     already_done = (previous.get("planned") or {}).get("already_done", previous.get("already_done", 0))
-    summary = finalise_run(conn, run_id)
+    summary = finalise_run(conn, run_id, extra={"already_done": already_done})
     seconds, error = conn.execute(
         "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 3)::float8, error "
         "FROM etl.load_runs WHERE load_run_id = %s",

@@ -169,9 +169,21 @@ def test_the_demo_profile_fills_the_bucket_and_runs_the_nightly_job(compose):
     assert args.command == "demo" and args.external and not args.inline
 
 
-def test_notify_urls_reach_the_app_services(compose):
-    for name in APP_SERVICES:
-        assert "NOTIFY_URLS" in compose["services"][name]["environment"]
+def test_notify_urls_reach_the_services_that_close_runs_as_a_secret_file(compose):
+    services = compose["services"]
+    for name in ("worker", "beat", "health", "demo"):
+        assert services[name]["environment"]["NOTIFY_URLS_FILE"] == "/secrets/service/notify_urls", name
+        assert "secrets-service" in _volumes(services[name]), name
+    assert services["secrets-init"]["environment"]["NOTIFY_URLS"] == "${NOTIFY_URLS:-}"
+
+
+def test_notify_urls_follow_the_operator_on_every_start(tmp_path):
+    secrets = _load_ops("compose_secrets")
+    secrets.generate(tmp_path, chown=False)
+    assert _secret(tmp_path, "service/notify_urls") == ""
+    assert secrets.generate(tmp_path, chown=False, notify_urls="json://hooks.example/t0ken") == ["service/notify_urls"]
+    assert secrets.generate(tmp_path, chown=False) == []  # not given: the file is kept as it is
+    assert _secret(tmp_path, "service/notify_urls") == "json://hooks.example/t0ken"
 # -- the secrets of the first start (ops/compose_secrets.py) and Flower's auth (ops/flowerconfig.py) -------
 def _load_ops(name: str):
     import importlib.util

@@ -104,8 +104,10 @@ def process_file(conn: psycopg.Connection, s3_client, file_id: int, settings: Se
     return status
 
 
-def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = None) -> dict[str, Any]:
-    """Work out the run's status from its files, store the summary and update etl.health."""
+def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Work out the run's status from its files, store the summary (with `extra`, in the same write, so a
+    reader never sees a final status without it) and update etl.health."""
     files = ledger.files_of_run(conn, run_id)
     by_status: dict[str, int] = {}
     for f in files:
@@ -132,6 +134,7 @@ def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = 
     }
     if started is not None:
         summary["seconds"] = round(time.monotonic() - started, 3)
+    summary.update(extra or {})
     summary["anomalies"] = [a.as_dict() for a in anomalies.evaluate_run(conn, run_id)]  # ops hook (issue 9)
     conn.execute(
         "UPDATE etl.load_runs SET status = %s, summary = %s, finished_at = now() WHERE load_run_id = %s",
