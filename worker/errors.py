@@ -11,39 +11,22 @@ from __future__ import annotations
 import errno
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from worker.pipeline.identity import ConfigurationError
+from worker.redact import mask_url
 from worker.settings import Settings
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 _QUOTED = re.compile(r'"[^"]*"')
-_SECRET_PARAMS = {"password", "pass", "passwd", "secret", "token", "key", "apikey", "access_token"}
 
 
 @dataclass(frozen=True)
 class Explained:
     message: str
     code: int
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password (in the authority or the query) replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
-    query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in parse_qsl(parts.query)],
-                      safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _database(settings: Settings | None) -> tuple[str, str, str]:

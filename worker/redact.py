@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 import threading
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
+# Query parameters whose value is a credential (libpq accepts password=...; apprise URLs carry tokens).
+SECRET_QUERY_PARAMETERS = frozenset({"password", "pass", "passwd", "secret", "token", "key", "apikey",
+                                     "access_token"})
 # Shorter values are placeholders ("demo", "local"); masking them would only garble ordinary words.
 MIN_SECRET_LENGTH = 6
 
@@ -63,16 +66,20 @@ def url_password(url: str) -> str | None:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by *** (user, host, port, database and query kept)."""
+    """The URL with its password (in the authority, or a secret-named query parameter such as
+    `password=`) replaced by *** (user, host, port, database and other parameters kept as written)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return MASK
     userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{hostport}"))
+    if at and ":" in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:{MASK}@{hostport}")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key.lower() in SECRET_QUERY_PARAMETERS for key, _ in pairs):
+        parts = parts._replace(query=urlencode(
+            [(key, MASK if key.lower() in SECRET_QUERY_PARAMETERS else value) for key, value in pairs], safe="*"))
+    return urlunsplit(parts)
 
 
 def malformed_percent_escape(url: str) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import botocore.exceptions
 import pytest
 
-from worker.errors import explain, mask_url
+from worker.errors import explain
+from worker.redact import mask_url
 from worker.pipeline.identity import ConfigurationError
 from worker.preflight import UsageError, check_nhi_key, check_settings, resolve_extracts
 from worker.settings import Settings
