@@ -8,6 +8,8 @@ import statistics
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Iterator
 
 import psycopg
@@ -83,3 +85,46 @@ def row(label: str, seconds: float, rows: int, megabytes: float, baseline: float
     ratio = f"{baseline / seconds:5.2f}x" if baseline else "  1.00x"
     return (f"{label:<34} {seconds:8.2f} s {rows / seconds:>11,.0f} rows/s {megabytes / seconds:8.1f} MB/s "
             f"{ratio} {extra}")
+
+
+def write_copy_text(spec, record, source: Path, out: Path) -> int:
+    """The COPY text raw landing writes for `source` (same lines, lineage included), prepared in advance in
+    `out` for the bare-COPY baseline; `record` is the file's ledger row. Returns the bytes written."""
+    from worker.io.indici_reader import IndiciReader, iter_file_chunks
+    from worker.pipeline.land import lineage_prefix
+
+    prefix = lineage_prefix(record, "0" * 64, datetime.now(timezone.utc))
+    reader = IndiciReader(iter_file_chunks(source), spec.field_count)
+    written = 0
+    with out.open("wb") as fh:
+        for block in reader.copy_bytes(prefix):
+            fh.write(block)
+            written += len(block)
+    return written
+
+
+def bare_copy_seconds(conn, spec, copy_file: Path) -> float:
+    """Baseline: Postgres COPY of `copy_file` (from write_copy_text) into an all-text table shaped like the
+    extract's raw table but without its index or keys (what Postgres alone costs); the table is dropped."""
+    from contracts import naming
+    from worker.io.indici_reader import iter_file_chunks
+    from worker.pipeline.land import copy_columns
+
+    columns = copy_columns(spec)
+    conn.execute("DROP TABLE IF EXISTS public.bench_all_text")
+    conn.execute(sql.SQL("CREATE TABLE public.bench_all_text (LIKE {})").format(
+        sql.Identifier(naming.RAW, naming.raw_table(spec))))
+    conn.commit()
+    statement = sql.SQL("COPY public.bench_all_text ({}) FROM STDIN").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+
+    def copy() -> None:
+        with conn.cursor() as cur, cur.copy(statement) as cp:
+            for chunk in iter_file_chunks(copy_file, 8 << 20):
+                cp.write(chunk)
+        conn.commit()
+
+    seconds, _ = timed(copy)
+    conn.execute("DROP TABLE public.bench_all_text")
+    conn.commit()
+    return seconds
