@@ -220,6 +220,7 @@ def bench_size(bench: Bench, rows: int) -> dict[str, Any]:
                     file_id = conn.execute("SELECT min(file_id) FROM etl.load_run_files").fetchone()[0]
                     write_copy_text(spec, ledger.get(conn, file_id), generated.path, copy_file)
                     conn.commit()
+                    generated.path.unlink()  # in moto, parsed for dlt and as COPY text: not needed again
                 copy_s.append(bare_copy_seconds(conn, spec, copy_file))
             say(f"{label}: bare COPY {copy_s[-1]:.2f} s")
             if arrow is not None:
@@ -355,14 +356,14 @@ def bench_weekly(bench: Bench) -> dict[str, Any]:
     shutil.rmtree(bench.work / "weekly", ignore_errors=True)
     merge_median = [R.median(run[w] for run in merge) for w in range(weeks)]
     first, last = merge_median[0], merge_median[-1]
-    rows = [n for _, _, n in files]
+    week_rows = [n for _, _, n in files]
     ratio = R.speed_ratio(last, first)  # last / first: >1 = the last merge is slower
-    return {"weeks": weeks, "patients": patients, "rows": rows, "repeats": repeats,
+    return {"weeks": weeks, "patients": patients, "rows": week_rows, "repeats": repeats,
             "source": "Celery merge_run task runtime",
             "merge_runs": merge, "merge_median": [None if m is None else round(m, 4) for m in merge_median],
             "e2e_median": [R.median(run[w] for run in e2e) for w in range(weeks)],
             "ratio": ratio,
-            "ratio_per_row": (ratio * rows[0] / rows[-1]) if ratio else None}
+            "ratio_per_row": (ratio * week_rows[0] / week_rows[-1]) if ratio else None}
 
 
 # -- main --------------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def leased_redis() -> Iterator[str]:
 
 
 # -- postgres ----------------------------------------------------------------------------------------
-def _admin(statement: sql.Composable) -> None:
+def _admin(statement: sql.Composed) -> None:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(statement)
 
