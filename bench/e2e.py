@@ -42,7 +42,17 @@ import psycopg
 
 from bench import report as R
 from bench.common import bare_copy_seconds, write_copy_text
-from bench.stack import REPO_ROOT, Databases, Moto, Target, Worker, backfill, leased_redis, own_peak_rss_mb
+from bench.stack import (
+    REPO_ROOT,
+    BackendSampler,
+    Databases,
+    Moto,
+    Target,
+    Worker,
+    backfill,
+    leased_redis,
+    own_peak_rss_mb,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 APPOINTMENTS_DAY = datetime(2025, 8, 19, 8, 50)  # DateExtracted of the generated Appointments files
@@ -97,8 +107,12 @@ def measure_run(bench: Bench, target: Target, worker: Worker, day: date, expecte
     load every row (a benchmark of a broken load measures nothing)."""
     bench.moto.sampler.reset()
     worker.sampler.reset()
-    cli = backfill(target, day, bench.args.timeout, bench.work / "cli.log",
-                   progress_prefix="    " if bench.args.verbose else "")
+    backends = BackendSampler(target.database)
+    try:
+        cli = backfill(target, day, bench.args.timeout, bench.work / "cli.log",
+                       progress_prefix="    " if bench.args.verbose else "")
+    finally:
+        postgres_mb = backends.stop()
     tasks = worker.tasks()
     run, files = _ledger(target.database_url, cli.summary.get("load_run_id"))
     rows_read = sum(f["rows_read"] or 0 for f in files)
@@ -119,7 +133,7 @@ def measure_run(bench: Bench, target: Target, worker: Worker, day: date, expecte
         "tasks": [{"name": t["name"], "state": t["state"], "seconds": t["seconds"]} for t in tasks],
         "rss": {"worker_main_mb": peaks["main_mb"], "worker_child_mb": peaks["max_child_mb"],
                 "worker_tree_mb": peaks["tree_mb"], "cli_mb": cli.peak_rss_mb,
-                "moto_mb": bench.moto.sampler.peaks()["tree_mb"]},
+                "moto_mb": bench.moto.sampler.peaks()["tree_mb"], "postgres_backend_mb": postgres_mb},
     }
 
 

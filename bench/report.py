@@ -277,15 +277,16 @@ def markdown(report: dict[str, Any]) -> str:
             r = s.get("rss") or {}
             mem_rows.append([fmt_rows(s["rows"]), fmt(r.get("worker_main_mb"), ".0f"),
                              fmt(r.get("worker_child_mb"), ".0f"), fmt(r.get("worker_tree_mb"), ".0f"),
-                             fmt(r.get("cli_mb"), ".0f"), fmt(r.get("moto_mb"), ".0f"), fmt(r.get("dlt_mb"), ".0f"),
-                             fmt(r.get("bench_mb"), ".0f")])
+                             fmt(r.get("postgres_backend_mb"), ".0f"), fmt(r.get("cli_mb"), ".0f"),
+                             fmt(r.get("moto_mb"), ".0f"), fmt(r.get("dlt_mb"), ".0f"), fmt(r.get("bench_mb"), ".0f")])
         out += ["### Peak RSS (MB, medians)", "",
                 "psutil samples every 0.2 s (moto 1 s): the Celery worker's main process, its busiest pool "
-                "process, the whole worker tree at one moment; the CLI process that started the backfill and "
-                "waited; the moto S3 server; dlt's process (VmHWM); this benchmark process (VmHWM so far). "
-                "Postgres backends are not sampled.", "",
-                table(["size", "worker main", "worker process", "worker tree", "CLI", "moto", "dlt", "bench"],
-                      mem_rows), ""]
+                "process, the whole worker tree at one moment; the largest Postgres backend of the run's "
+                "database (every 0.5 s; its RSS includes the shared buffers it touched); the CLI process that "
+                "started the backfill and waited; the moto S3 server; dlt's process (VmHWM); this benchmark "
+                "process (VmHWM so far).", "",
+                table(["size", "worker main", "worker process", "worker tree", "postgres backend", "CLI", "moto",
+                       "dlt", "bench"], mem_rows), ""]
     multi = report.get("multi_file")
     if multi:
         rows = [[f"{w} worker process{'es' if w != '1' else ''}", fmt(m.get("median")),

@@ -136,6 +136,42 @@ class RssSampler:
         }
 
 
+class BackendSampler:
+    """Peak RSS of the Postgres backends serving one database (pg_stat_activity, sampled with psutil every
+    `interval` seconds from an admin connection to another database). A backend's RSS includes the
+    shared buffers it has touched, so it overstates its private memory."""
+
+    def __init__(self, database: str, interval: float = 0.5) -> None:
+        self.database = database
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    pids = [r[0] for r in conn.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))]
+                    for pid in pids:
+                        try:
+                            self.peak_mb = max(self.peak_mb, psutil.Process(pid).memory_info().rss / 1e6)
+                        except psutil.Error:
+                            continue
+                    self._stop.wait(self.interval)
+        except psycopg.Error:
+            return  # sampling is best effort; the measurement itself does not depend on it
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return round(self.peak_mb, 1)
+
+
 # -- moto --------------------------------------------------------------------------------------------
 class Moto:
     """A moto S3 server process (server mode: other processes reach it over HTTP)."""
