@@ -372,7 +372,10 @@ def bench_weekly(bench: Bench) -> dict[str, Any]:
     first, last = merge_median[0], merge_median[-1]
     week_rows = [n for _, _, n in files]
     ratio = R.speed_ratio(last, first)  # last / first: >1 = the last merge is slower
+    from worker.synth import population
+
     return {"weeks": weeks, "patients": patients, "rows": week_rows, "repeats": repeats,
+            "change_rate": {"updated": population.DELTA_UPDATE_DIM, "new": population.DELTA_NEW_DIM},
             "source": "Celery merge_run task runtime",
             "merge_runs": merge, "merge_median": [None if m is None else round(m, 4) for m in merge_median],
             "e2e_median": [R.median(run[w] for run in e2e) for w in range(weeks)],
