@@ -110,7 +110,7 @@ def measure_run(bench: Bench, target: Target, worker: Worker, day: date, expecte
     backends = BackendSampler(target.database)
     try:
         cli = backfill(target, day, bench.args.timeout, bench.work / "cli.log",
-                       progress_prefix="    " if bench.args.verbose else "")
+                       progress_prefix="    " if bench.args.verbose else "", worker=worker)
     finally:
         postgres_mb = backends.stop()
     tasks = worker.tasks()
@@ -479,6 +479,13 @@ def main(argv: list[str] | None = None) -> int:
                     _write(report, out_dir, name, partial=True)
                 if not args.skip_weekly:
                     report["weekly"] = bench_weekly(bench)
+        except BaseException:
+            logs = out_dir / f"{name}-logs"  # the worker, CLI and moto logs outlive the temporary folder
+            logs.mkdir(exist_ok=True)
+            for log in work.glob("*.log"):
+                shutil.copy(log, logs / log.name)
+            say(f"failed; the worker, CLI and moto logs are in {logs}")
+            raise
         finally:
             if moto is not None:
                 moto.stop()

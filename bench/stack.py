@@ -409,8 +409,12 @@ class CliRun:
     output_tail: str = field(repr=False, default="")
 
 
-def backfill(target: Target, day: date, timeout: float, log_path: Path, progress_prefix: str = "") -> CliRun:
-    """`indici-ingest backfill --from DAY --to DAY --wait` as a process; its summary JSON and peak RSS."""
+def backfill(target: Target, day: date, timeout: float, log_path: Path, progress_prefix: str = "",
+             worker: "Worker | None" = None) -> CliRun:
+    """`indici-ingest backfill --from DAY --to DAY --wait` as a process; its summary JSON and peak RSS.
+
+    The CLI is killed (and the run reported as not finished) after `timeout` seconds, or as soon as
+    `worker`'s process has died: nobody would finish the run then."""
     command = [sys.executable, "-m", "worker.cli", "backfill", "--from", day.isoformat(), "--to", day.isoformat(),
                "--wait"]
     start = time.perf_counter()
@@ -420,15 +424,32 @@ def backfill(target: Target, day: date, timeout: float, log_path: Path, progress
     sampler = RssSampler(proc.pid).start()
     lines: list[str] = []
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
+    stopped = threading.Event()
+    why: list[str] = []
+
+    def watchdog() -> None:
+        deadline = time.monotonic() + timeout
+        while not stopped.wait(1.0):
+            if time.monotonic() > deadline:
+                why.append(f"the run took longer than {timeout:g} s")
+            elif worker is not None and worker.proc.poll() is not None:
+                why.append(f"the Celery worker died (exit {worker.proc.returncode}; log {worker.log_path})")
+            else:
+                continue
+            proc.kill()
+            return
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("[") and progress_prefix:
             print(f"{progress_prefix}{line.rstrip()[:160]}", flush=True)
-        if time.monotonic() > deadline:
-            proc.kill()
-            break
+    if why:
+        lines.append(f"benchmark: CLI stopped: {why[0]}\n")
     proc.wait()
+    stopped.set()
+    guard.join(timeout=5)
     seconds = time.perf_counter() - start
     sampler.stop()
     text = "".join(lines)
