@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
                             dataset_name=args.dataset)
     resource = dlt.resource(arrow_batches(args.arrow), name=args.table, write_disposition="merge", primary_key=key)
     start = time.perf_counter()
-    pipeline.run(resource, loader_file_format="csv")
+    info = pipeline.run(resource, loader_file_format="csv")
     seconds = time.perf_counter() - start
+    formats = sorted({job.job_file_info.file_format for package in info.load_packages
+                      for job in package.jobs.get("completed_jobs", [])})
     with psycopg.connect(args.url) as conn:
         rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier(args.dataset, args.table))).fetchone()[0]
-    print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss_mb": own_peak_rss_mb()}))
+    print(json.dumps({"seconds": seconds, "rows": rows, "file_formats": formats, "peak_rss_mb": own_peak_rss_mb()}))
     return 0
 
 

@@ -223,6 +223,7 @@ def bench_size(bench: Bench, rows: int) -> dict[str, Any]:
     copy_s: list[float] = []
     dlt_s: list[float | None] = []
     dlt_rss: list[float | None] = []
+    dlt_formats: set[str] = set()
     for r in range(repeats):
         label = f"size {R.fmt_rows(rows)} run {r + 1}/{repeats}"
         database = bench.dbs.fresh(f"s{rows}r{r}")
@@ -254,7 +255,9 @@ def bench_size(bench: Bench, rows: int) -> dict[str, Any]:
                     raise RuntimeError(f"dlt left {result['rows']} rows, not {rows}")
                 dlt_s.append(result["seconds"])
                 dlt_rss.append(result["peak_rss_mb"])
-                say(f"{label}: dlt merge {result['seconds']:.2f} s (RSS {result['peak_rss_mb']:.0f} MB)")
+                dlt_formats.update(result.get("file_formats") or [])
+                say(f"{label}: dlt merge {result['seconds']:.2f} s (RSS {result['peak_rss_mb']:.0f} MB, "
+                    f"load files {', '.join(result.get('file_formats') or ['?'])})")
         finally:
             bench.dbs.drop(database)
     bench.moto.empty_bucket(bucket)
@@ -271,7 +274,7 @@ def bench_size(bench: Bench, rows: int) -> dict[str, Any]:
     rss["bench_mb"] = own_peak_rss_mb()
     return {
         "rows": rows, "bytes": generated.bytes, "repeats": repeats, "e2e": e2e, "copy": copy, "dlt": dlt,
-        "cli": R.summary([x["cli_seconds"] for x in runs]),
+        "cli": R.summary([x["cli_seconds"] for x in runs]), "dlt_load_files": sorted(dlt_formats),
         "x_copy": R.speed_ratio(copy["median"], e2e["median"]),
         "x_dlt": R.speed_ratio(dlt["median"] if dlt else None, e2e["median"]),
         "stages": stages,
