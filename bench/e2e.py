@@ -112,7 +112,7 @@ def measure_run(bench: Bench, target: Target, worker: Worker, day: date, expecte
         cli = backfill(target, day, bench.args.timeout, bench.work / "cli.log",
                        progress_prefix="    " if bench.args.verbose else "", worker=worker)
     finally:
-        postgres_mb = backends.stop()
+        postgres_mb, postgres_cpu = backends.stop()
     tasks = worker.tasks()
     run, files = _ledger(target.database_url, cli.summary.get("load_run_id"))
     rows_read = sum(f["rows_read"] or 0 for f in files)
@@ -126,7 +126,8 @@ def measure_run(bench: Bench, target: Target, worker: Worker, day: date, expecte
     rejected = sum(f["rows_rejected"] or 0 for f in files)
     say(f"{label}: {seconds:.2f} s S3 -> core ({rows_read:,} rows, {rejected:,} rejected), stages "
         + ", ".join(f"{k} {R.fmt(stages.get(k))}" for k in R.STAGES)
-        + f"; worker RSS main {peaks['main_mb']:.0f} MB, process {peaks['max_child_mb']:.0f} MB")
+        + f"; worker RSS main {peaks['main_mb']:.0f} MB, process {peaks['max_child_mb']:.0f} MB; CPU s worker "
+        + f"{peaks['cpu_seconds']:.1f}, postgres {postgres_cpu:.1f}")
     return {
         "seconds": seconds, "cli_seconds": cli.seconds, "rows_read": rows_read, "rows_rejected": rejected,
         "files": len(files), "stages": stages, "ledger_marks": R.ledger_marks(run, files),
@@ -134,6 +135,7 @@ def measure_run(bench: Bench, target: Target, worker: Worker, day: date, expecte
         "rss": {"worker_main_mb": peaks["main_mb"], "worker_child_mb": peaks["max_child_mb"],
                 "worker_tree_mb": peaks["tree_mb"], "cli_mb": cli.peak_rss_mb,
                 "moto_mb": bench.moto.sampler.peaks()["tree_mb"], "postgres_backend_mb": postgres_mb},
+        "cpu": {"worker_s": peaks["cpu_seconds"], "postgres_s": postgres_cpu},
     }
 
 
@@ -272,6 +274,7 @@ def bench_size(bench: Bench, rows: int) -> dict[str, Any]:
     rss = {k: R.median(x["rss"][k] for x in runs) for k in runs[0]["rss"]}
     rss["dlt_mb"] = R.median(dlt_rss)
     rss["bench_mb"] = own_peak_rss_mb()
+    cpu = {k: R.median(x["cpu"][k] for x in runs) for k in runs[0]["cpu"]}
     return {
         "rows": rows, "bytes": generated.bytes, "repeats": repeats, "e2e": e2e, "copy": copy, "dlt": dlt,
         "cli": R.summary([x["cli_seconds"] for x in runs]), "dlt_load_files": sorted(dlt_formats),
@@ -279,7 +282,7 @@ def bench_size(bench: Bench, rows: int) -> dict[str, Any]:
         "x_dlt": R.speed_ratio(dlt["median"] if dlt else None, e2e["median"]),
         "stages": stages,
         "ledger_marks": {k: R.median(x["ledger_marks"].get(k) for x in runs) for k in marks},
-        "rss": rss, "runs": runs,
+        "rss": rss, "cpu": cpu, "runs": runs,
     }
 
 

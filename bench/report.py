@@ -304,6 +304,13 @@ def markdown(report: dict[str, Any]) -> str:
                 "process (VmHWM so far).", "",
                 table(["size", "worker main", "worker process", "worker tree", "postgres backend", "CLI", "moto",
                        "dlt", "bench"], mem_rows), ""]
+        cpu_rows = [[fmt_rows(s["rows"]), fmt((s.get("cpu") or {}).get("worker_s"), ".1f"),
+                     fmt((s.get("cpu") or {}).get("postgres_s"), ".1f"), fmt((s.get("e2e") or {}).get("median"), ".1f")]
+                    for s in sizes]
+        out += ["### CPU seconds during the run (psutil, medians)", "",
+                "User + system CPU of the Celery worker's process tree and of the Postgres backends of the run's "
+                "database, beside the run's wall seconds (two cores: at most 2 CPU seconds per second).", "",
+                table(["size", "worker CPU s", "postgres CPU s", "wall s"], cpu_rows), ""]
     multi = report.get("multi_file")
     if multi:
         rows = [[f"{w} worker process{'es' if w != '1' else ''}", fmt(m.get("median")),

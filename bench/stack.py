@@ -79,7 +79,8 @@ class RssSampler:
     """Samples the resident memory of a process and all its descendants every `interval` seconds (psutil).
 
     `peaks()` gives the highest RSS seen per process (by its role: `main` for the root, `child` for the
-    others, each with its pid) and the highest sum over the tree at one sample."""
+    others, each with its pid), the highest sum over the tree at one sample, and the CPU seconds (user +
+    system) the tree used since the start or the last `reset()` (as of the last sample)."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         import psutil
@@ -89,6 +90,7 @@ class RssSampler:
         self.interval = interval
         self.per_pid: dict[int, float] = {}
         self.tree_peak = 0.0
+        self.cpu = CpuTally()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -106,6 +108,7 @@ class RssSampler:
         for proc in procs:
             try:
                 rss = proc.memory_info().rss / 1e6
+                self.cpu.see(proc)
             except psutil.Error:
                 continue
             total += rss
@@ -121,6 +124,7 @@ class RssSampler:
     def reset(self) -> None:
         self.per_pid.clear()
         self.tree_peak = 0.0
+        self.cpu.reset()
 
     def stop(self) -> None:
         self._stop.set()
@@ -133,18 +137,47 @@ class RssSampler:
             "children_mb": {str(pid): round(mb, 1) for pid, mb in sorted(children.items())},
             "max_child_mb": round(max(children.values(), default=0.0), 1),
             "tree_mb": round(self.tree_peak, 1),
+            "cpu_seconds": round(self.cpu.seconds(), 2),
         }
 
 
+class CpuTally:
+    """CPU seconds (user + system) of the processes seen since `reset()`: a process that started after the
+    reset counts from its start, one that was already running from the reset (or its first sighting)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.since = time.time()
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def see(self, proc) -> None:  # noqa: ANN001 - a psutil.Process
+        times = proc.cpu_times()
+        used = times.user + times.system
+        with self._lock:
+            if proc.pid not in self._first:
+                self._first[proc.pid] = 0.0 if proc.create_time() >= self.since else used
+            self._last[proc.pid] = used
+
+    def seconds(self) -> float:
+        with self._lock:
+            return sum(last - self._first.get(pid, 0.0) for pid, last in self._last.items())
+
+
 class BackendSampler:
-    """Peak RSS of the Postgres backends serving one database (pg_stat_activity, sampled with psutil every
-    `interval` seconds from an admin connection to another database). A backend's RSS includes the
-    shared buffers it has touched, so it overstates its private memory."""
+    """Peak RSS and CPU seconds of the Postgres backends serving one database (pg_stat_activity, sampled
+    with psutil every `interval` seconds from an admin connection to another database). A backend's RSS
+    includes the shared buffers it has touched, so it overstates its private memory; the CPU of a backend
+    is counted up to its last sample (a backend that lives less than `interval` may be missed)."""
 
     def __init__(self, database: str, interval: float = 0.5) -> None:
         self.database = database
         self.interval = interval
         self.peak_mb = 0.0
+        self.cpu = CpuTally()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -159,17 +192,20 @@ class BackendSampler:
                         "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))]
                     for pid in pids:
                         try:
-                            self.peak_mb = max(self.peak_mb, psutil.Process(pid).memory_info().rss / 1e6)
+                            proc = psutil.Process(pid)
+                            self.peak_mb = max(self.peak_mb, proc.memory_info().rss / 1e6)
+                            self.cpu.see(proc)
                         except psutil.Error:
                             continue
                     self._stop.wait(self.interval)
         except psycopg.Error:
             return  # sampling is best effort; the measurement itself does not depend on it
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
+        """(peak RSS MB of one backend, CPU seconds of the backends as last sampled)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        return round(self.peak_mb, 1)
+        return round(self.peak_mb, 1), round(self.cpu.seconds(), 2)
 
 
 # -- moto --------------------------------------------------------------------------------------------

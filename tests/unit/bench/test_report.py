@@ -110,6 +110,7 @@ def _report() -> dict:
         "ledger_marks": {"discovered_at": 0.3, "run finished_at": 11.0},
         "rss": {"worker_main_mb": 100.0, "worker_child_mb": 320.0, "worker_tree_mb": 500.0, "cli_mb": 90.0,
                 "moto_mb": 150.0, "dlt_mb": None, "bench_mb": 200.0},
+        "cpu": {"worker_s": 9.5, "postgres_s": 7.25},
     }
     report = {"meta": {"started": "now", "command": "python -m bench.e2e", "commit": "abc", "cpus": 2},
               "sizes": [size],
@@ -136,6 +137,7 @@ def test_markdown_shows_medians_ratios_and_what_was_not_recorded() -> None:
     assert "| 1M rows, 1,700 MB | pipeline S3 -> core (Celery) | 11.00 | 90,909 | 154.5 | 0.364x | 4.00x | 3 |" in text
     assert "| 1M | 0.20 | 3.00 | n/r | 5.00 | 1.33x | indici.fused 2.00 |" in text
     assert "| 2 | 101 | n/r |" in text
+    assert "| 1M | 9.5 | 7.2 | 11.0 |" in text  # CPU seconds of the worker tree and the backends, wall
     assert "**1.70x**" in text
     assert "| worker process RSS, largest at any size (MB) | 320.000 | <= 300 | **no** |" in text
 
