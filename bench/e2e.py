@@ -10,7 +10,8 @@ UTF-16LE) is put in a versioned bucket of a moto S3 server; for each repeat a fr
 migrated template, dropped afterwards) gets a real Celery worker process of the project's app (2 pool
 processes) and the project's CLI runs `backfill --from D --to D --wait` for the file's day. Measured:
 the run's seconds from etl.load_runs (started_at -> finished_at), the seconds of each stage's Celery
-tasks from the worker log, the ledger's timestamps, peak RSS of every process (psutil). Then, in the same
+tasks from the worker log, the ledger's timestamps, peak RSS of every process and the CPU seconds of the
+worker and of the run's Postgres backends (psutil). Then, in the same
 database and with the worker stopped: bare COPY of the same rows (the COPY text raw landing writes,
 prepared in advance) into an all-text table, and dlt 1.31 merging the same rows (parsed in advance) on
 the contract's natural key, in its own process.
