@@ -8,6 +8,8 @@ import statistics
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Iterator
 
 import psycopg
@@ -83,3 +85,97 @@ def row(label: str, seconds: float, rows: int, megabytes: float, baseline: float
     ratio = f"{baseline / seconds:5.2f}x" if baseline else "  1.00x"
     return (f"{label:<34} {seconds:8.2f} s {rows / seconds:>11,.0f} rows/s {megabytes / seconds:8.1f} MB/s "
             f"{ratio} {extra}")
+
+
+def write_copy_text(spec, record, source: Path, out: Path) -> int:
+    """The COPY text raw landing writes for `source` (same lines, lineage included), prepared in advance in
+    `out` for the bare-COPY baseline; `record` is the file's ledger row. Returns the bytes written."""
+    from worker.io.indici_reader import IndiciReader, iter_file_chunks
+    from worker.pipeline.land import lineage_prefix
+
+    prefix = lineage_prefix(record, "0" * 64, datetime.now(timezone.utc))
+    reader = IndiciReader(iter_file_chunks(source), spec.field_count)
+    written = 0
+    with out.open("wb") as fh:
+        for block in reader.copy_bytes(prefix):
+            fh.write(block)
+            written += len(block)
+    return written
+
+
+def plain_rows(path: Path, field_count: int, chunk: int = 8 << 20) -> Iterator[list[str]]:
+    """The rows of a generated file (UTF-16LE, no BOM), split on the format's separators, streamed.
+
+    A stand-in for the project's reader, used only where its interface has changed under the benchmark
+    (preparing inputs is never timed)."""
+    import codecs
+
+    from worker.synth.writer import SEP, TERM
+
+    decoder = codecs.getincrementaldecoder("utf-16-le")()
+    carry = ""
+    number = 0
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            parts = (carry + decoder.decode(block)).split(TERM)
+            carry = parts.pop()
+            for part in parts:
+                fields = part.split(SEP)
+                number += 1
+                if len(fields) != field_count:
+                    raise ValueError(f"{path.name}: row {number} has {len(fields)} fields, not {field_count}")
+                yield fields
+    if (carry + decoder.decode(b"", final=True)).strip():
+        raise ValueError(f"{path.name}: data after the last row terminator")
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_plain_copy_text(spec, source: Path, out: Path) -> int:
+    """COPY text of the file's rows (row number, then every field), without lineage; the fallback of
+    write_copy_text. Returns the bytes written."""
+    written = 0
+    with out.open("wb") as fh:
+        lines: list[str] = []
+        for number, fields in enumerate(plain_rows(source, spec.field_count), start=1):
+            lines.append(f"{number}\t" + "\t".join(_escape(f) for f in fields) + "\n")
+            if len(lines) >= 10_000:
+                written += fh.write("".join(lines).encode("utf-8"))
+                lines.clear()
+        written += fh.write("".join(lines).encode("utf-8"))
+    return written
+
+
+def bare_copy_seconds(conn, spec, copy_file: Path, plain: bool = False) -> float:
+    """Baseline: Postgres COPY of `copy_file` into an all-text table without index or keys (what Postgres
+    alone costs); the table is dropped. The table is shaped like the extract's raw table for the lines of
+    write_copy_text, or (`plain`) as row number + the contract's columns for write_plain_copy_text."""
+    from contracts import naming
+
+    conn.execute("DROP TABLE IF EXISTS public.bench_all_text")
+    if plain:
+        columns = ["row_number", *spec.column_names]
+        conn.execute(sql.SQL("CREATE TABLE public.bench_all_text ({})").format(
+            sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns)))
+    else:
+        from worker.pipeline.land import copy_columns
+
+        columns = copy_columns(spec)
+        conn.execute(sql.SQL("CREATE TABLE public.bench_all_text (LIKE {})").format(
+            sql.Identifier(naming.RAW, naming.raw_table(spec))))
+    conn.commit()
+    statement = sql.SQL("COPY public.bench_all_text ({}) FROM STDIN").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+
+    def copy() -> None:
+        with conn.cursor() as cur, cur.copy(statement) as cp, copy_file.open("rb") as fh:
+            while chunk := fh.read(8 << 20):
+                cp.write(chunk)
+        conn.commit()
+
+    seconds, _ = timed(copy)
+    conn.execute("DROP TABLE public.bench_all_text")
+    conn.commit()
+    return seconds

@@ -18,18 +18,14 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
-from psycopg import sql
-
-from bench.common import median, parse_args, row, scratch_settings, timed
+from bench.common import bare_copy_seconds, median, parse_args, row, scratch_settings, timed, write_copy_text
 from contracts.registry import get as get_spec
 from worker.io.db import connect
-from worker.io.indici_reader import IndiciReader, iter_file_chunks
 from worker.io.s3 import make_client
 from worker.pipeline import ledger
-from worker.pipeline.land import copy_columns, lineage_prefix
 from worker.pipeline.run import Selection, plan_run
 from worker.pipeline.stage import stage_file
 from worker.synth.writer import generate_extract
@@ -68,32 +64,12 @@ def _plan(settings) -> int:
 def _copy_text(settings, path: Path, file_id: int, out: Path) -> None:
     with connect(settings) as conn:
         record = ledger.get(conn, file_id)
-    prefix = lineage_prefix(record, "0" * 64, datetime.now(timezone.utc))
-    reader = IndiciReader(iter_file_chunks(path), SPEC.field_count)
-    with out.open("wb") as fh:
-        for block in reader.copy_bytes(prefix):
-            fh.write(block)
+    write_copy_text(SPEC, record, path, out)
 
 
 def _baseline(settings, copy_file: Path) -> float:
-    columns = copy_columns(SPEC)  # exactly the lines landing writes, prepared by _copy_text
     with connect(settings) as conn:
-        conn.execute("DROP TABLE IF EXISTS public.bench_all_text")
-        conn.execute("CREATE TABLE public.bench_all_text (LIKE raw.appointments_raw)")
-        conn.commit()
-        statement = sql.SQL("COPY public.bench_all_text ({}) FROM STDIN").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-
-        def copy() -> None:
-            with conn.cursor() as cur, cur.copy(statement) as cp:
-                for chunk in iter_file_chunks(copy_file, 8 << 20):
-                    cp.write(chunk)
-            conn.commit()
-
-        seconds, _ = timed(copy)
-        conn.execute("DROP TABLE public.bench_all_text")
-        conn.commit()
-    return seconds
+        return bare_copy_seconds(conn, SPEC, copy_file)
 
 
 def main() -> int:

@@ -73,7 +73,8 @@ def _bare_copy(conn, dump: Path) -> float:
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in _core_columns())
 
     def copy() -> None:
-        with conn.cursor() as cur, cur.copy(sql.SQL("COPY public.bench_copy ({}) FROM STDIN (FORMAT binary)").format(columns)) as cp:
+        statement = sql.SQL("COPY public.bench_copy ({}) FROM STDIN (FORMAT binary)").format(columns)
+        with conn.cursor() as cur, cur.copy(statement) as cp:
             with dump.open("rb") as fh:
                 while chunk := fh.read(8 << 20):
                     cp.write(chunk)
@@ -85,8 +86,10 @@ def _bare_copy(conn, dump: Path) -> float:
 def _dump(conn, file_id: int, dump: Path) -> None:
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in _core_columns())
     with conn.cursor() as cur, dump.open("wb") as fh:
-        with cur.copy(sql.SQL("COPY (SELECT {} FROM stg.appointments WHERE load_file_id = {}) TO STDOUT (FORMAT binary)").format(
-                columns, sql.Literal(file_id))) as cp:
+        statement = sql.SQL(
+            "COPY (SELECT {} FROM stg.appointments WHERE load_file_id = {}) TO STDOUT (FORMAT binary)"
+        ).format(columns, sql.Literal(file_id))
+        with cur.copy(statement) as cp:
             for data in cp:
                 fh.write(data)
 
