@@ -298,11 +298,11 @@ def cmd_trace(args) -> int:
 
 def cmd_reprocess(args) -> int:
     from worker.io.db import connect
-    from worker.pipeline import ledger
+    from worker.pipeline import lifecycle
 
     try:
         with connect(_settings()) as conn:
-            ledger.request_reprocess(conn, args.file_id, args.reason, args.by)
+            lifecycle.request_reprocess(conn, args.file_id, args.reason, args.by)
     except LookupError:
         print(f"reprocess: there is no file {args.file_id} in etl.load_run_files; list files with\n"
               "  SELECT file_id, s3_key, status FROM etl.load_run_files ORDER BY file_id DESC LIMIT 20",

@@ -8,7 +8,7 @@ file name's DateExtracted and a row's timestamps never disagree.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
 NZ = ZoneInfo("Pacific/Auckland")
@@ -23,3 +23,8 @@ def nz_local_to_utc(local: datetime) -> datetime:
     # both readings are the same instant.
     chosen = min(candidates, key=lambda c: c.utcoffset())
     return chosen.astimezone(timezone.utc)
+
+
+def nz_today() -> date:
+    """Today's date in New Zealand (the date a nightly run is for)."""
+    return datetime.now(NZ).date()
