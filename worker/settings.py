@@ -169,8 +169,8 @@ class Settings(BaseSettings):
 
     @property
     def file_lease_seconds(self) -> int:
-        """A worker's hold on a file: the hard time limit plus a minute (the task is dead by then)."""
-        return self.task_time_limit + 60
+        """A worker's hold on a file: the hard time limit plus 30 s (the task is dead by then)."""
+        return self.task_time_limit + 30
 
     @property
     def visibility_timeout(self) -> int:

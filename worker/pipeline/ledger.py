@@ -40,8 +40,12 @@ from worker.pipeline.states import (
 __all__ = ["LockSpace", "FileRecord", "LockTimeout", "DONE_STATES"]
 
 DONE_STATES = tuple(s.value for s in DONE_FILE_STATES)
-# A file of a run that is no longer alive may be taken over by another run in these states.
-ADOPTABLE = ("pending", "landed", "staged")
+# SQL: the run owning etl.load_run_files row `f` is still marked running (alive or not). Its staged
+# files are adopted when it is not alive: the merge takes staged files of closed runs by itself, not
+# those of a run still marked running.
+_OWNER_RUNNING = (
+    "EXISTS (SELECT 1 FROM etl.load_runs r WHERE r.load_run_id = {f}.load_run_id AND r.status = 'running')"
+)
 # SQL: the run owning etl.load_run_files row `f` is alive (running, and its lease not expired).
 _OWNER_ALIVE = (
     "EXISTS (SELECT 1 FROM etl.load_runs r WHERE r.load_run_id = {f}.load_run_id "
@@ -164,7 +168,9 @@ def register(conn: psycopg.Connection, run_id: int, found: DiscoveredFile) -> Fi
         _INSERT_FILE + """
         ON CONFLICT (s3_bucket, s3_key, s3_version_id) DO UPDATE
             SET load_run_id = CASE
-                    WHEN (etl.load_run_files.status IN ('pending', 'landed', 'staged')
+                    WHEN (etl.load_run_files.status IN ('pending', 'landed')
+                          OR (etl.load_run_files.status = 'staged' AND """ + _OWNER_RUNNING.format(f="etl.load_run_files")
+                          + """)
                           OR (etl.load_run_files.status = 'failed'
                               AND coalesce((etl.load_run_files.error_detail ->> 'retryable')::boolean, false)))
                       AND NOT """ + _OWNER_ALIVE.format(f="etl.load_run_files") + """
@@ -225,10 +231,11 @@ def files_of_run(conn: psycopg.Connection, run_id: int) -> list[FileRecord]:
 
 
 def unfinished(conn: psycopg.Connection) -> list[FileRecord]:
-    """Files that runs no longer alive left half-done (pending, landed or staged: their merge never
-    ran), or that failed with a retryable error."""
+    """Files that runs no longer alive left half-done (pending, landed, or staged in a run still marked
+    running: its merge never ran), or that failed with a retryable error."""
     query = sql.SQL(
-        "SELECT {} FROM etl.load_run_files f WHERE (status IN ('pending', 'landed', 'staged') "
+        "SELECT {} FROM etl.load_run_files f WHERE (status IN ('pending', 'landed') "
+        "OR (status = 'staged' AND " + _OWNER_RUNNING.format(f="f") + ") "
         "OR (status = 'failed' AND coalesce((error_detail ->> 'retryable')::boolean, false))) "
         "AND NOT " + _OWNER_ALIVE.format(f="f") + " ORDER BY file_id"
     ).format(_FILE_COLUMNS)
@@ -252,7 +259,8 @@ def adopt(conn: psycopg.Connection, file_id: int, run_id: int) -> bool:
     more) adoptable."""
     row = conn.execute(
         "UPDATE etl.load_run_files f SET load_run_id = %s, updated_at = now() WHERE file_id = %s "
-        "AND (status IN ('pending', 'landed', 'staged') OR (status = 'failed' "
+        "AND (status IN ('pending', 'landed') OR (status = 'staged' AND " + _OWNER_RUNNING.format(f="f") + ") "
+        "OR (status = 'failed' "
         "AND coalesce((error_detail ->> 'retryable')::boolean, false))) AND NOT "
         + _OWNER_ALIVE.format(f="f") + " RETURNING file_id",
         (run_id, file_id),

@@ -124,12 +124,11 @@ class RunPlan:
     unparseable: int = 0
     superseded: int = 0
     adopted: int = 0
-    in_live_run: int = 0
     first_load: list[str] = field(default_factory=list)
 
     def as_summary(self) -> dict[str, Any]:
         return {"files": len(self.file_ids), "already_done": self.already_done, "unparseable": self.unparseable,
-                "superseded_versions": self.superseded, "adopted": self.adopted, "in_live_run": self.in_live_run,
+                "superseded_versions": self.superseded, "adopted": self.adopted,
                 "first_load": self.first_load}
 
 
@@ -274,7 +273,7 @@ def _replan(conn: psycopg.Connection, run_id: int, planned: dict[str, Any]) -> R
     _boundary(conn)
     log.info("run already planned; its unfinished files again", files=len(files))
     return RunPlan(run_id, files, planned.get("already_done", 0), planned.get("unparseable", 0),
-                   planned.get("superseded_versions", 0), planned.get("adopted", 0), planned.get("in_live_run", 0),
+                   planned.get("superseded_versions", 0), planned.get("adopted", 0),
                    planned.get("first_load", []))
 
 
@@ -302,10 +301,8 @@ def _register(conn: psycopg.Connection, run_id: int, selection: Selection, found
         if record.load_run_id == run_id:
             if record.file_id not in plan.file_ids:
                 plan.file_ids.append(record.file_id)
-        elif record.status in ledger.DONE_STATES or record.status == FileStatus.FAILED:
+        else:  # finished, or another run's work (a live run's, or staged files the merge takes anyway)
             plan.already_done += 1
-        else:
-            plan.in_live_run += 1
     chosen_keys = {(f.version.bucket, f.version.key) for f in chosen}
     for old in found.superseded_versions:
         if (old.version.bucket, old.version.key) in chosen_keys:
@@ -511,7 +508,6 @@ def close_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
             "already_done": planned.get("already_done", 0),
             "superseded_versions": planned.get("superseded_versions", 0),
             "adopted": planned.get("adopted", 0),
-            "in_live_run": planned.get("in_live_run", 0),
             "first_load": planned.get("first_load", []),
             "merge": previous.get("merge"),
             "seconds": seconds[0] if seconds else None,
