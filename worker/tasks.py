@@ -53,7 +53,7 @@ log = get_logger(__name__)
 INFRASTRUCTURE_ERRORS = TRANSIENT_ERRORS
 
 
-class PipelineTask(Task):  # type: ignore[misc]
+class PipelineTask(Task):
     """Retry policy of every task: up to 6 retries, waiting a random time up to 5, 10, 20, 40, 80, 160 s
     (exponential backoff, full jitter so a fleet of failed tasks does not retry in step): a few minutes
     for a restarting database or S3 endpoint before the failure is recorded."""
@@ -122,6 +122,7 @@ def _plan_and_dispatch(task: PipelineTask, run_id: int, selection: Selection) ->
             return {"load_run_id": run_id, "dispatched": True, "file_ids": result.file_ids}
 
         def fail(exc: BaseException) -> dict[str, Any]:
+            log.error("planning failed; the run is closed as failed", error=type(exc).__name__, detail=str(exc)[:500])
             with connect(settings) as conn:
                 summary = lifecycle.fail_run(conn, run_id, f"planning: {type(exc).__name__}: {exc}")
             return {"load_run_id": run_id, "dispatched": False, "status": summary["status"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 from contracts.model import ExtractSpec
 from contracts.registry import load_all
@@ -62,7 +63,7 @@ def classify(versions: Iterable[ObjectVersion], known_per_org_ids: Sequence[int]
     return found
 
 
-def discover(client, bucket: str, prefix: str = "", known_per_org_ids: Sequence[int] = ()) -> Discovery:
+def discover(client: Any, bucket: str, prefix: str = "", known_per_org_ids: Sequence[int] = ()) -> Discovery:
     return classify(iter_versions(client, bucket, prefix), known_per_org_ids)
 
 

@@ -131,6 +131,6 @@ def land_version(conn: psycopg.Connection, s3_client, record: ledger.FileRecord,
             raise OSError("the spooled copy of the object changed while it was read")
         if rows_raw != reader.rows_read:
             raise RuntimeError(f"COPY stored {rows_raw} rows but the file has {reader.rows_read}")
-        return LandResult(file_id, "landed", rows=rows_raw, encoding=reader.encoding + ("+bom" if reader.bom else ""),
+        return LandResult(file_id, "landed", rows=rows_raw, encoding=f"{reader.encoding}{'+bom' if reader.bom else ''}",
                           spool_seconds=spooled - started, copy_seconds=time.perf_counter() - spooled,
                           file_hash=file_hash, rows_read=reader.rows_read, landed_at=landed_at)

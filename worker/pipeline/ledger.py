@@ -75,7 +75,7 @@ class FileRecord:
     file_hash: str | None
     attempts: int
     error: str | None
-    error_detail: dict | None
+    error_detail: dict[str, Any] | None
     rows_read: int | None
     rows_raw: int | None
     rows_staged: int | None
@@ -169,8 +169,8 @@ def register(conn: psycopg.Connection, run_id: int, found: DiscoveredFile) -> Fi
         ON CONFLICT (s3_bucket, s3_key, s3_version_id) DO UPDATE
             SET load_run_id = CASE
                     WHEN (etl.load_run_files.status IN ('pending', 'landed')
-                          OR (etl.load_run_files.status = 'staged' AND """ + _OWNER_RUNNING.format(f="etl.load_run_files")
-                          + """)
+                          OR (etl.load_run_files.status = 'staged'
+                              AND """ + _OWNER_RUNNING.format(f="etl.load_run_files") + """)
                           OR (etl.load_run_files.status = 'failed'
                               AND coalesce((etl.load_run_files.error_detail ->> 'retryable')::boolean, false)))
                       AND NOT """ + _OWNER_ALIVE.format(f="etl.load_run_files") + """

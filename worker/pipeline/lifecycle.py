@@ -241,8 +241,11 @@ def plan_run(conn: psycopg.Connection, s3_client: Any, settings: Settings, selec
         if status != RunStatus.RUNNING:
             log.info("run already closed; nothing to plan", status=status.value)
             return None
-        if (summary or {}).get("planned") is not None:
-            return _replan(conn, run_id, summary["planned"])
+        planned = (summary or {}).get("planned")
+        if planned is not None:
+            plan = _replan(conn, run_id, planned)
+            _boundary(conn)
+            return plan
         found = discovery.discover(s3_client, settings.s3_bucket, settings.s3_prefix, settings.known_per_org_ids)
         with _transaction(conn):
             ledger.lock(conn, LockSpace.PLAN, run_id, timeout=settings.lock_timeout_seconds)
@@ -250,8 +253,9 @@ def plan_run(conn: psycopg.Connection, s3_client: Any, settings: Settings, selec
             assert state is not None
             if state[0] != RunStatus.RUNNING:
                 return None
-            if (state[1] or {}).get("planned") is not None:  # planned meanwhile by a copy of this message
-                return _replan(conn, run_id, state[1]["planned"])
+            planned = (state[1] or {}).get("planned")
+            if planned is not None:  # planned meanwhile by a copy of this message
+                return _replan(conn, run_id, planned)
             plan = _register(conn, run_id, selection, found)
             conn.execute(
                 "UPDATE etl.load_runs SET summary = coalesce(summary, '{}'::jsonb) || %s, "
@@ -270,7 +274,6 @@ def _run_state(conn: psycopg.Connection, run_id: int) -> tuple[RunStatus, dict[s
 def _replan(conn: psycopg.Connection, run_id: int, planned: dict[str, Any]) -> RunPlan:
     files = [f.file_id for f in ledger.files_of_run(conn, run_id)
              if f.status not in ledger.DONE_STATES and not (f.status == FileStatus.FAILED and not f.retryable)]
-    _boundary(conn)
     log.info("run already planned; its unfinished files again", files=len(files))
     return RunPlan(run_id, files, planned.get("already_done", 0), planned.get("unparseable", 0),
                    planned.get("superseded_versions", 0), planned.get("adopted", 0),
@@ -485,7 +488,8 @@ def close_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
         for f in files:
             by_status[f.status] = by_status.get(f.status, 0) + 1
         not_ok = sum(by_status.get(s, 0) for s in ("failed", "pending", "landed"))
-        status = RunStatus.SUCCEEDED if not_ok == 0 else (RunStatus.PARTIAL if not_ok < len(files) else RunStatus.FAILED)
+        status = (RunStatus.SUCCEEDED if not_ok == 0
+                  else RunStatus.PARTIAL if not_ok < len(files) else RunStatus.FAILED)
         if run_error:  # planning or the merge failed: nothing of this run reached core
             status = RunStatus.FAILED
         check_run_transition(RunStatus.RUNNING, status)
@@ -628,7 +632,8 @@ def reconcile(conn: psycopg.Connection, settings: Settings) -> list[Repair]:
             with _transaction(conn):
                 conn.execute(
                     "UPDATE etl.load_runs SET summary = coalesce(summary, '{}'::jsonb) || %s, "
-                    "lease_expires_at = now() + make_interval(secs => %s) WHERE load_run_id = %s AND status = 'running'",
+                    "lease_expires_at = now() + make_interval(secs => %s) "
+                    "WHERE load_run_id = %s AND status = 'running'",
                     (Jsonb({"reconciled": rounds + 1}), settings.run_lease_seconds, run_id),
                 )
             log.warning("reconciler: repairing a run whose driver is gone", action=repair.action,
