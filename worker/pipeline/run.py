@@ -13,7 +13,7 @@ import psycopg
 
 from worker.log import bound, get_logger
 from worker.pipeline import ledger, lifecycle
-from worker.pipeline.lifecycle import RunPlan, Selection, process_file
+from worker.pipeline.lifecycle import RunPlan, Selection
 from worker.settings import Settings
 
 __all__ = ["Selection", "RunPlan", "plan_run", "process_file", "run_inline"]
@@ -31,6 +31,11 @@ def plan_run(conn: psycopg.Connection, s3_client: Any, settings: Settings, selec
         run_id = lifecycle.open_run(conn, selection, settings, driver="inline").run_id
     plan = lifecycle.plan_run(conn, s3_client, settings, selection, run_id)
     return plan if plan is not None else RunPlan(run_id)
+
+
+def process_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: Settings) -> str:
+    """Land then stage one file (lifecycle.process_file); returns its status. Safe to repeat."""
+    return lifecycle.process_file(conn, s3_client, file_id, settings).status.value
 
 
 def run_inline(conn: psycopg.Connection, s3_client: Any, settings: Settings, selection: Selection,
