@@ -6,6 +6,8 @@ the lifecycle's; the Celery tasks (worker/tasks.py) drive the same functions.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,11 @@ __all__ = ["Selection", "RunPlan", "plan_run", "process_file", "run_inline"]
 log = get_logger(__name__)
 
 Progress = Callable[[int, int, ledger.FileRecord], None]
+
+# A transient failure (S3 reset or throttled, Postgres restarting) is retried in this process as the
+# Celery tasks retry it: up to 4 more attempts, waiting a random time up to 1, 2, 4, 8 s.
+TRANSIENT_RETRIES = 4
+RETRY_BACKOFF = 1.0
 
 
 def plan_run(conn: psycopg.Connection, s3_client: Any, settings: Settings, selection: Selection,
@@ -60,7 +67,12 @@ def run_inline(conn: psycopg.Connection, s3_client: Any, settings: Settings, sel
             raise
         file_ids = plan.file_ids if plan is not None else []
         for index, file_id in enumerate(file_ids, 1):
-            lifecycle.process_file(conn, s3_client, file_id, settings)  # one file's failure never stops the others
+            for attempt in range(TRANSIENT_RETRIES + 1):  # one file's failure never stops the others
+                outcome = lifecycle.process_file(conn, s3_client, file_id, settings)
+                if not outcome.retry or attempt == TRANSIENT_RETRIES:
+                    break
+                log.warning("transient error; the file is tried again", file_id=file_id, attempt=attempt + 1)
+                time.sleep(random.uniform(0, RETRY_BACKOFF * 2 ** attempt))
             if progress is not None:
                 progress(index, len(file_ids), ledger.get(conn, file_id))
         try:

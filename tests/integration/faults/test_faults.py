@@ -257,3 +257,65 @@ def test_two_runs_enqueued_at_once_are_one_run(faults):
     assert _query(faults, "SELECT count(*) FROM etl.load_runs")[0][0] == 1
     assert _compared(snapshot(faults.url)) == clean
     _report("two runs enqueued at once", "joined (one run)", seconds)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis(port: int, tmp: Path) -> subprocess.Popen:
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    import redis
+
+    assert _until(lambda: _pings(redis.Redis(port=port)), timeout=10, poll=0.05), "redis did not start"
+    return server
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="needs redis-server to restart a broker")
+def test_broker_restarted_empty_mid_chord(faults):
+    """The broker (and result backend, so the chord's counter) is killed and restarted empty while the
+    run's files are being loaded: every queued message is lost."""
+    _upload(faults, patients=600)
+    clean = _clean(faults)
+    port = _free_port()
+    own = dict(faults.env, CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+               CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{port}/1")
+    server = _redis(port, faults.tmp)
+    from worker.app import make_app
+
+    client = make_app(faults.settings.model_copy(update={}))
+    client.conf.broker_url, client.conf.result_backend = own["CELERY_BROKER_URL"], own["CELERY_RESULT_BACKEND"]
+    broker = Faults(faults.settings, own, client, faults.tmp, faults.url)
+    worker = broker.start_worker("broker-victim")
+    try:
+        run_id = _enqueue(broker)
+        assert _until(lambda: bool(_query(
+            faults, "SELECT 1 FROM etl.load_run_files WHERE load_run_id = %s AND status IN ('landed', 'staged')",
+            (run_id,))), timeout=60, poll=0.005), "nothing landed"
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+        restarted_at = time.monotonic()
+        server = _redis(port, faults.tmp)
+        status, _ = _closed(broker, run_id, timeout=300)
+        seconds = time.monotonic() - restarted_at
+    finally:
+        _stop(worker)
+        client.close()
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    assert status == "succeeded"
+    assert _compared(snapshot(faults.url)) == clean
+    _report("broker restarted empty mid-chord", "automatically (reconciler)", seconds)

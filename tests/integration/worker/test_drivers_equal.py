@@ -45,7 +45,7 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def snapshot(url: str) -> dict[str, list[str]]:
+def snapshot(url: str, exclude: frozenset[str] = frozenset()) -> dict[str, list[str]]:
     tables: dict[str, list[str]] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         listed = conn.execute(
@@ -58,7 +58,7 @@ def snapshot(url: str) -> dict[str, list[str]]:
             columns = conn.execute(
                 "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s "
                 "AND table_name = %s ORDER BY ordinal_position", (schema, table)).fetchall()
-            kept = [c for c, t in columns if not _volatile(c, t)]
+            kept = [c for c, t in columns if not _volatile(c, t) and c not in exclude]
             if not kept:
                 continue
             query = psycopg.sql.SQL("SELECT {} FROM {}").format(  # as text: '-infinity' has no Python value
