@@ -20,7 +20,8 @@ Delivery choices, and why:
   expired (hard limit + 1 min) is re-enqueued by it.
 - Two queues: `indici.files` (landing and staging: many processes, S3 and COPY bound) and
   `indici.merges` (planning, merges, closing, the reconciler: the only worker holding the NHI key).
-  docker-compose.yml runs one worker per queue (FILES_CONCURRENCY, MERGES_CONCURRENCY).
+  docker-compose.yml runs one worker per queue, each with its own `--concurrency`
+  (the compose variables FILES_CONCURRENCY, default 4, and MERGES_CONCURRENCY, default 1).
 - JSON only, in both directions: task arguments are ids, dates and strings (see worker/tasks.py), and
   a pickle-capable worker would be a code-execution hole for anyone who can write to Redis.
 - `timezone='Pacific/Auckland'` with `enable_utc=True`: messages and stored times stay UTC; beat's

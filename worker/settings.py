@@ -160,13 +160,6 @@ class Settings(BaseSettings):
     """Longest wait for a file's or the merge's advisory lock; past it the step fails (retryable) with
     a message naming the backend holding the lock (pg_stat_activity.application_name: run and file)."""
 
-    files_concurrency: int = Field(default=2, validation_alias="FILES_CONCURRENCY")
-    """Processes of a worker consuming the `indici.files` queue (landing and staging; docker-compose.yml)."""
-
-    merges_concurrency: int = Field(default=1, validation_alias="MERGES_CONCURRENCY")
-    """Processes of a worker consuming the `indici.merges` queue (planning, merges, finalisation,
-    the reconciler). Merges take one run-wide lock, so more than one process only helps planning."""
-
     @property
     def file_lease_seconds(self) -> int:
         """A worker's hold on a file: the hard time limit plus 30 s (the task is dead by then)."""

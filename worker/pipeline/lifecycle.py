@@ -219,6 +219,9 @@ def open_run(conn: psycopg.Connection, selection: Selection, settings: Settings,
                 return OpenedRun(row[0], joined=False)
             if live[1]:
                 log.info("a live run of the same selection exists; joining it", load_run_id=live[0])
+                if request_key is not None:  # a later message of the same request finds this run by its key
+                    conn.execute("UPDATE etl.load_runs SET request_key = %s WHERE load_run_id = %s "
+                                 "AND request_key IS NULL", (request_key, live[0]))
                 return OpenedRun(live[0], joined=True)
         fail_run(conn, live[0], "its driver stopped (lease expired) and a new run of the same selection started")
 
