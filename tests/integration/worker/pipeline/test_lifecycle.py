@@ -64,7 +64,9 @@ def test_enum_values_are_the_stored_strings_and_transitions_are_checked(pipeline
 def test_inline_discovery_failing_closes_the_run(pipeline_settings):
     """S3 unreachable after the pre-flight checks: the run is closed failed, with the reason."""
     broken = pipeline_settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:1"})
-    with connect(pipeline_settings) as conn, pytest.raises(Exception):
+    import botocore.exceptions
+
+    with connect(pipeline_settings) as conn, pytest.raises(botocore.exceptions.EndpointConnectionError):
         run_inline(conn, make_client(broken), pipeline_settings, Selection())
     ((status, error, finished),) = query(pipeline_settings, "SELECT status, error, finished_at FROM etl.load_runs")
     assert status == "failed" and error.startswith("planning: ") and finished is not None
