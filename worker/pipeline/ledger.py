@@ -46,11 +46,17 @@ DONE_STATES = tuple(s.value for s in DONE_FILE_STATES)
 _OWNER_RUNNING = (
     "EXISTS (SELECT 1 FROM etl.load_runs r WHERE r.load_run_id = {f}.load_run_id AND r.status = 'running')"
 )
-# SQL: the run owning etl.load_run_files row `f` is alive (running, and its lease not expired).
+# SQL: the run owning etl.load_run_files row `f` is alive (running, and its lease or a file's holds).
 _OWNER_ALIVE = (
     "EXISTS (SELECT 1 FROM etl.load_runs r WHERE r.load_run_id = {f}.load_run_id "
-    "AND r.status = 'running' AND r.lease_expires_at > now())"
+    "AND r.status = 'running' AND " + "{alive})"
 )
+# SQL: run `r` is alive: its lease holds, or one of its files is leased (a long step in progress).
+RUN_ALIVE = (
+    "(r.lease_expires_at > now() OR EXISTS (SELECT 1 FROM etl.load_run_files leased "
+    "WHERE leased.load_run_id = r.load_run_id AND leased.lease_expires_at > now()))"
+)
+_OWNER_ALIVE = _OWNER_ALIVE.replace("{alive}", RUN_ALIVE)
 
 
 class LockTimeout(psycopg.errors.LockNotAvailable):

@@ -179,11 +179,12 @@ def _holder(what: str) -> str:
     return f"indici-ingest {what} pid {os.getpid()}@{socket.gethostname()}"
 
 
-def _renew_run_lease(conn: psycopg.Connection, run_id: int, settings: Settings) -> None:
+def _renew_run_lease(conn: psycopg.Connection, run_id: int, settings: Settings, seconds: int | None = None) -> None:
+    """The run is alive for RUN_LEASE_SECONDS more (or `seconds`: a merge holds it for its hard limit)."""
     conn.execute(
-        "UPDATE etl.load_runs SET lease_expires_at = now() + make_interval(secs => %s) "
+        "UPDATE etl.load_runs SET lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => %s)) "
         "WHERE load_run_id = %s AND status = 'running'",
-        (settings.run_lease_seconds, run_id),
+        (seconds or settings.run_lease_seconds, run_id),
     )
 
 
@@ -204,8 +205,8 @@ def open_run(conn: psycopg.Connection, selection: Selection, settings: Settings,
                 if row is not None:
                     return OpenedRun(row[0], joined=True)
             live = conn.execute(
-                "SELECT load_run_id, lease_expires_at > now() FROM etl.load_runs "
-                "WHERE active_key = %s AND status = 'running'",
+                "SELECT r.load_run_id, " + ledger.RUN_ALIVE + " FROM etl.load_runs r "
+                "WHERE r.active_key = %s AND r.status = 'running'",
                 (selection.active_key,),
             ).fetchone()
             if live is None:
@@ -440,7 +441,8 @@ def merge(conn: psycopg.Connection, run_id: int, settings: Settings, *,
         try:
             with _transaction(conn):
                 ledger.set_application_name(conn, f"indici-ingest run {run_id} merge")
-                _renew_run_lease(conn, run_id, settings)
+                # A merge may take longer than RUN_LEASE_SECONDS; it is bounded by the hard time limit.
+                _renew_run_lease(conn, run_id, settings, settings.file_lease_seconds)
             with _transaction(conn):
                 summary = merge_step.merge_run(conn, run_id, settings)
                 ledger.mark_merged(conn, summary["file_ids"])

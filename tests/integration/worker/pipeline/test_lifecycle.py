@@ -201,3 +201,18 @@ def test_a_backfill_adopts_files_staged_in_a_stuck_run_before_merging(pipeline_s
     rows = query(pipeline_settings, "SELECT s3_key, status, load_run_id FROM etl.load_run_files")
     assert {(k, s) for k, s, _ in rows} == {(f.name, "merged") for f in batch.files}
     assert all(run == summary["load_run_id"] for _, _, run in rows), (patients.name, rows)
+
+
+def test_a_run_with_a_leased_file_is_alive_though_its_own_lease_expired(pipeline_settings):
+    """A long step (a big COPY) outlives RUN_LEASE_SECONDS: the file's lease keeps the run alive, so it is
+    neither failed by a new run of its selection nor repaired by the reconciler."""
+    _upload(pipeline_settings, extracts=("Vaccine",))
+    with connect(pipeline_settings) as conn:
+        run_id = lifecycle.open_run(conn, Selection(), pipeline_settings).run_id
+        plan = lifecycle.plan_run(conn, make_client(pipeline_settings), pipeline_settings, Selection(), run_id)
+        _expire(pipeline_settings, run_id)
+        with conn.transaction():
+            ledger.take_lease(conn, plan.file_ids[0], 600, "a worker in a long COPY")
+        assert lifecycle.open_run(conn, Selection(), pipeline_settings) == lifecycle.OpenedRun(run_id, joined=True)
+        assert lifecycle.reconcile(conn, pipeline_settings) == []
+    assert query(pipeline_settings, "SELECT status FROM etl.load_runs") == [("running",)]
