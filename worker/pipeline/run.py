@@ -49,13 +49,16 @@ def run_inline(conn: psycopg.Connection, s3_client: Any, settings: Settings, sel
                progress: Progress | None = None) -> dict[str, Any]:
     """The whole run in this process. A run of the same selection already going on elsewhere is
     joined: this waits for it and returns its outcome."""
-    opened = lifecycle.open_run(conn, selection, settings, driver="inline")
-    run_id = opened.run_id
-    if opened.joined:
-        from worker.orchestration import wait_for_run
+    from worker.orchestration import RunTimeout, wait_for_run
 
-        log.info("joining the run already going on", load_run_id=run_id)
-        return wait_for_run(settings, run_id, poll=1.0)
+    opened = lifecycle.open_run(conn, selection, settings, driver="inline")
+    while opened.joined:  # wait for it; if its driver dies meanwhile, open_run fails it and opens a new run
+        log.info("joining the run already going on", load_run_id=opened.run_id)
+        try:
+            return wait_for_run(settings, opened.run_id, timeout=settings.run_lease_seconds, poll=1.0)
+        except RunTimeout:
+            opened = lifecycle.open_run(conn, selection, settings, driver="inline")
+    run_id = opened.run_id
     with bound(load_run_id=run_id):
         try:
             plan = lifecycle.plan_run(conn, s3_client, settings, selection, run_id)

@@ -216,3 +216,26 @@ def test_a_run_with_a_leased_file_is_alive_though_its_own_lease_expired(pipeline
         assert lifecycle.open_run(conn, Selection(), pipeline_settings) == lifecycle.OpenedRun(run_id, joined=True)
         assert lifecycle.reconcile(conn, pipeline_settings) == []
     assert query(pipeline_settings, "SELECT status FROM etl.load_runs") == [("running",)]
+
+
+def test_an_inline_run_joins_the_live_run_of_its_selection_and_reports_its_outcome(pipeline_settings):
+    import threading
+
+    _upload(pipeline_settings, extracts=("Vaccine",))
+    with connect(pipeline_settings) as conn:
+        first = lifecycle.open_run(conn, Selection(), pipeline_settings).run_id
+    outcome: dict = {}
+
+    def second() -> None:
+        with connect(pipeline_settings) as conn:
+            outcome.update(run_inline(conn, make_client(pipeline_settings), pipeline_settings, Selection()))
+
+    joiner = threading.Thread(target=second)
+    joiner.start()
+    time.sleep(2)
+    assert joiner.is_alive() and not outcome  # waiting on the first run, not loading beside it
+    with connect(pipeline_settings) as conn:
+        lifecycle.fail_run(conn, first, "stopped by the test")
+    joiner.join(timeout=30)
+    assert outcome["load_run_id"] == first and outcome["status"] == "failed"
+    assert query(pipeline_settings, "SELECT count(*) FROM etl.load_runs") == [(1,)]
