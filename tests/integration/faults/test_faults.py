@@ -7,6 +7,9 @@ the ledger, ids and timestamps aside), and the time it took to recover is printe
 - a worker SIGKILLed just after a file's landing committed (before the task's ack).
 - the Postgres backend of a merge terminated (pg_terminate_backend): the merge task retries.
 - two runs of the same selection enqueued at once: one run, both callers see its outcome.
+- the broker (and result backend) killed and restarted empty mid-chord: every message lost.
+- two beat processes sending the nightly task: one run for the night.
+(S3 faults through a local proxy: test_s3_faults.py.)
 
 Short limits keep them fast: TASK_TIME_LIMIT=20 (a file's lease is 50 s), RUN_LEASE_SECONDS=3; the
 test plays beat, sending `indici.reconcile` every 2 s.
@@ -319,3 +322,31 @@ def test_broker_restarted_empty_mid_chord(faults):
     assert status == "succeeded"
     assert _compared(snapshot(faults.url)) == clean
     _report("broker restarted empty mid-chord", "automatically (reconciler)", seconds)
+
+
+def test_two_beats_make_one_nightly_run(faults):
+    _upload(faults, patients=100)
+    clean = _clean(faults)
+    worker = faults.start_worker("beats")
+    beats = [subprocess.Popen([sys.executable, "-m", "celery", "-A", "tests.integration.faults.two_beats_app", "beat",
+                               "--loglevel=INFO", f"--schedule={faults.tmp / f'beat{i}.db'}"],
+                              env=faults.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True) for i in range(2)]
+    try:
+        started = time.monotonic()
+        assert _until(lambda: bool(_query(faults, "SELECT 1 FROM etl.load_runs WHERE status = 'succeeded'")),
+                      timeout=120, poll=0.5)
+        seconds = time.monotonic() - started
+        time.sleep(8)  # both beats keep sending: every later message finds the night's run
+    finally:
+        for beat in beats:
+            _stop(beat)
+        _stop(worker)
+    from worker.pipeline.nztime import nz_today
+
+    runs = _query(faults, "SELECT request_key, status FROM etl.load_runs")
+    assert runs == [(f"nightly:{nz_today().isoformat()}", "succeeded")], runs
+    log = (faults.tmp / "beats.log").read_text(errors="replace")
+    assert log.count("Task indici.nightly_run[") >= 8  # many messages from the two beats (received, succeeded)
+    assert _compared(snapshot(faults.url)) == clean
+    _report("two beats", "one run per night (request key)", seconds)
