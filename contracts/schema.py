@@ -36,8 +36,9 @@ from contracts.types import rule_for
 
 TZ = TIMESTAMP(timezone=True)
 
-# Lifecycle of a file in etl.load_run_files (see worker/pipeline/ledger.py for the transitions).
-FILE_STATUSES = ("pending", "landed", "staged", "merged", "failed", "skipped", "duplicate")
+# Lifecycle of a file in etl.load_run_files and of a run in etl.load_runs: the values of the enums of
+# worker/pipeline/states.py (re-exported by worker/pipeline/lifecycle.py, which owns the transitions).
+FILE_STATUSES = ("pending", "landed", "staged", "merged", "failed", "skipped", "duplicate", "superseded")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed")
 
 NAMING_CONVENTION = {
@@ -86,7 +87,14 @@ def _etl_tables(metadata: MetaData) -> None:
         Column("error", Text),
         Column("started_at", TZ, nullable=False, server_default=_now()),
         Column("finished_at", TZ),
+        Column("request_key", Text, unique=True,
+               comment="Who asked, once: e.g. nightly:<NZ date> (one nightly run per date, whatever beat sends)"),
+        Column("active_key", Text, comment="The selection: two running runs of one selection are one run"),
+        Column("lease_expires_at", TZ,
+               comment="Renewed by each step; a running run past it has lost its driver (the reconciler acts)"),
         CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        Index("uq_load_runs_running_active_key", "active_key", unique=True,
+              postgresql_where=text("status = 'running'")),
         schema=naming.ETL,
     )
     Table(
@@ -124,6 +132,9 @@ def _etl_tables(metadata: MetaData) -> None:
         Column("staged_at", TZ),
         Column("merged_at", TZ),
         Column("updated_at", TZ, nullable=False, server_default=_now()),
+        Column("lease_expires_at", TZ,
+               comment="Set when a worker takes the file; pending/landed past it: the worker was lost"),
+        Column("leased_by", Text, comment="The process that took the lease (host and pid)"),
         UniqueConstraint("s3_bucket", "s3_key", "s3_version_id"),
         UniqueConstraint("s3_version_id", "file_hash"),
         CheckConstraint(_in("status", FILE_STATUSES), name="status"),

@@ -10,11 +10,18 @@ Delivery choices, and why:
   constraints in Postgres decide, see worker/pipeline/ledger.py), so a second run does nothing.
 - `worker_prefetch_multiplier=1`: tasks are long (a file, a merge); a worker process should not hold a
   queue of them that an idle process could be running.
-- Redis `visibility_timeout`: with late acks, Redis redelivers a message that has not been acknowledged
-  within this time, even if its worker is still busy. It must exceed the longest task (landing a
-  multi-GB extract, a full-history merge) plus the longest retry countdown, or a second worker would
-  start the same file (safe, it waits on the file's lock and then finds it done, but wasted). It also
-  bounds how long a file whose worker was killed with -9 waits before it is tried again.
+- Soft and hard time limits (TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT): a task that hangs is stopped
+  (soft: its transaction rolls back and the file is recorded failed, retryable) and then killed (hard).
+- Redis `visibility_timeout` (Settings.visibility_timeout): with late acks, Redis redelivers a message
+  that has not been acknowledged within this time, even if its worker is still busy. It is derived
+  from the hard time limit plus the longest retry countdown, so a message is never redelivered while
+  its task can still run. It bounds how long a message of a worker killed with -9 waits before Redis
+  redelivers it; the reconciler (scheduler/beat.py) does not wait that long: a file whose lease
+  expired (hard limit + 1 min) is re-enqueued by it.
+- Two queues: `indici.files` (landing and staging: many processes, S3 and COPY bound) and
+  `indici.merges` (planning, merges, closing, the reconciler: the only worker holding the NHI key).
+  docker-compose.yml runs one worker per queue, each with its own `--concurrency`
+  (the compose variables FILES_CONCURRENCY, default 4, and MERGES_CONCURRENCY, default 1).
 - JSON only, in both directions: task arguments are ids, dates and strings (see worker/tasks.py), and
   a pickle-capable worker would be a code-execution hole for anyone who can write to Redis.
 - `timezone='Pacific/Auckland'` with `enable_utc=True`: messages and stored times stay UTC; beat's
@@ -28,13 +35,24 @@ import sys
 
 import structlog
 from celery import Celery, signals
+from kombu import Queue
 
 from scheduler import BEAT_SCHEDULE
 from worker import log
 from worker.settings import Settings, get_settings
 
-# Seconds. See the module docstring: longest task + longest retry countdown, with a wide margin.
-VISIBILITY_TIMEOUT = 6 * 60 * 60
+FILES_QUEUE = "indici.files"
+MERGES_QUEUE = "indici.merges"
+TASK_ROUTES = {
+    "indici.land_file": {"queue": FILES_QUEUE},
+    "indici.stage_file": {"queue": FILES_QUEUE},
+    "indici.start_run": {"queue": MERGES_QUEUE},
+    "indici.nightly_run": {"queue": MERGES_QUEUE},
+    "indici.merge_run": {"queue": MERGES_QUEUE},
+    "indici.finalise_run": {"queue": MERGES_QUEUE},
+    "indici.fail_run": {"queue": MERGES_QUEUE},
+    "indici.reconcile": {"queue": MERGES_QUEUE},
+}
 # Results are only read by Celery itself (chord counting); nothing waits on them. Keep them a couple
 # of days so Flower can still show what a night's run returned.
 RESULT_EXPIRES = 2 * 24 * 60 * 60
@@ -53,13 +71,20 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        task_routes=TASK_ROUTES,
+        # A worker started without -Q consumes both queues (development, tests); compose starts one
+        # worker per queue with -Q.
+        task_queues=(Queue(FILES_QUEUE), Queue(MERGES_QUEUE)),
+        task_default_queue=MERGES_QUEUE,
         timezone="Pacific/Auckland",
         enable_utc=True,
         beat_schedule=BEAT_SCHEDULE,
         result_expires=RESULT_EXPIRES,
         result_extended=False,  # never copy task arguments into the result backend
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
-        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         # A broker connection loss means every unacknowledged message will be redelivered; cancel the
         # running copies instead of finishing work another worker is about to repeat.

@@ -38,6 +38,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="run the steps in this process, without a worker")
     parser.add_argument("--wait", action="store_true",
                         help="block until the run ends, print its summary (implied by --inline)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="with --wait: stop waiting after this long (exit 1; the run goes on)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="bring the database schema to the latest revision")
 
     run = sub.add_parser("run", help="load every batch newer than the last one loaded, per extract and practice "
-                         "(the newest only on a first run); what beat enqueues")
+                         "(every batch on a first run); what beat enqueues")
     _add_run_options(run)
 
     backfill = sub.add_parser("backfill", help="load the batches extracted in a date range")
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--to", dest="date_to", type=_date, required=True, help="last DateExtracted day")
     backfill.add_argument("--prefix", default=None, help="only keys starting with this prefix")
     _add_run_options(backfill)
+
+    status = sub.add_parser("status", help="show a run's status and summary (exit 0 succeeded or running, "
+                            "1 partial or failed)")
+    status.add_argument("run_id", type=int, help="the run's load_run_id")
+    status.add_argument("--follow", action="store_true", help="print its files as they end, until the run ends")
+    status.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="with --follow: stop following after this long")
 
     sub.add_parser("health", help="print the health JSON (exit 0 healthy or warning, 1 not healthy)")
 
@@ -218,18 +227,49 @@ def _run(args, selection) -> int:
         if not args.wait:
             print_summary({"load_run_id": run_id, "status": "running"})
             return EXIT_OK
-        try:
-            summary = orchestration.wait_for_run(
-                settings, run_id, progress=orchestration.FileProgress(run_id, _print_progress))
-        except KeyboardInterrupt:
-            print(f"stopped waiting; run {run_id} goes on in the workers", file=sys.stderr)
+        missing = orchestration.missing_consumers()
+        if missing:
+            print(f"no worker consumes the queue(s) {', '.join(missing)} on this broker: run {run_id} is "
+                  "queued and starts when a worker does (start one: celery -A worker.app worker); follow it "
+                  f"with `indici-ingest status {run_id} --follow`", file=sys.stderr)
             return EXIT_FAILED
-        print_summary(summary)
-        return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+        return _follow(settings, run_id, args.timeout)
     with connect(settings) as conn:
         summary = run_inline(conn, make_client(settings), settings, selection, progress=_print_progress)
     print_summary(summary)
     return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+
+
+def _follow(settings, run_id: int, timeout: float | None) -> int:
+    from worker import orchestration
+
+    try:
+        summary = orchestration.wait_for_run(
+            settings, run_id, timeout=timeout, progress=orchestration.FileProgress(run_id, _print_progress))
+    except KeyboardInterrupt:
+        print(f"stopped waiting; run {run_id} goes on in the workers", file=sys.stderr)
+        return EXIT_FAILED
+    except orchestration.RunTimeout as exc:
+        print(f"{exc}; it goes on in the workers (indici-ingest status {run_id} --follow)", file=sys.stderr)
+        return EXIT_FAILED
+    print_summary(summary)
+    return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+
+
+def cmd_status(args) -> int:
+    from worker import orchestration
+    from worker.io.db import connect
+
+    settings = _settings()
+    with connect(settings, autocommit=True) as conn:
+        outcome = orchestration.run_outcome(conn, args.run_id)
+    if outcome is None:
+        print(f"status: there is no run {args.run_id} in etl.load_runs", file=sys.stderr)
+        return EXIT_USAGE
+    if args.follow and outcome["status"] == "running":
+        return _follow(settings, args.run_id, args.timeout)
+    print_summary(outcome)
+    return EXIT_OK if outcome["status"] in ("succeeded", "running") else EXIT_FAILED
 
 
 def _preflight_run(settings, selection, inline: bool):
@@ -298,11 +338,11 @@ def cmd_trace(args) -> int:
 
 def cmd_reprocess(args) -> int:
     from worker.io.db import connect
-    from worker.pipeline import ledger
+    from worker.pipeline import lifecycle
 
     try:
         with connect(_settings()) as conn:
-            ledger.request_reprocess(conn, args.file_id, args.reason, args.by)
+            lifecycle.request_reprocess(conn, args.file_id, args.reason, args.by)
     except LookupError:
         print(f"reprocess: there is no file {args.file_id} in etl.load_run_files; list files with\n"
               "  SELECT file_id, s3_key, status FROM etl.load_run_files ORDER BY file_id DESC LIMIT 20",
@@ -531,6 +571,7 @@ COMMANDS = {
     "health": cmd_health,
     "serve-health": cmd_serve_health,
     "reprocess": cmd_reprocess,
+    "status": cmd_status,
     "trace": cmd_trace,
     "rejects": cmd_rejects,
     "skipped": cmd_skipped,

@@ -1,13 +1,15 @@
-"""Plain functions around the Celery path of a run, used by the CLI, the ops script and the tasks.
+"""Plain functions around the Celery path of a run, used by the CLI, the ops script and the demo.
 
-- `enqueue_run(settings, selection) -> run_id`: the run's etl.load_runs row is created in Postgres
-  first (so the caller knows its id at once), then `start_run` is sent to the workers.
+- `enqueue_run(settings, selection) -> run_id`: the run is opened in Postgres first (so the caller
+  knows its id at once; a live run of the same selection is joined instead), then `indici.start_run`
+  is sent to the workers, by name.
+- `missing_consumers(settings)`: which of the run's queues no worker consumes (asked of the workers
+  with Celery's remote control, within seconds).
 - `wait_for_run(settings, run_id, ...)`: polls etl.load_runs (Postgres is the truth about a run; Celery
   results are never read) until the run is no longer 'running'; `FileProgress` prints files as they end.
-- For the tasks: `plan_or_resume`, `record_file_failure`, `file_outcome`, `record_run_error`,
-  `finalise`, `fail_run`. Each is safe to call twice (a redelivered message calls it again).
 
-Celery itself is only imported by `enqueue_run` (the --inline path never needs a broker).
+Every state change is worker/pipeline/lifecycle.py's; this module only sends, asks and reads. It never
+imports worker.tasks (tasks are sent by name), so the two cannot import each other.
 """
 
 from __future__ import annotations
@@ -18,27 +20,27 @@ from datetime import date
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from worker.io.db import connect
-from worker.log import bound, get_logger
-from worker.pipeline import ledger
-from worker.pipeline.run import RunPlan, Selection, finalise_run, plan_run
+from worker.log import get_logger
+from worker.pipeline import ledger, lifecycle
+from worker.pipeline.lifecycle import FileStatus, Selection
 from worker.settings import Settings
 
 log = get_logger(__name__)
 
-# First key of the two-key advisory lock that serialises the planning of one run (second key: run id).
-# ledger.LockSpace uses 1-3 (land, stage, merge); 4 is this module's.
-PLAN_LOCK_SPACE = 4
+# Task names (worker/tasks.py) and queues (worker/app.py): sent by name, no import of the tasks.
+START_RUN = "indici.start_run"
+FILES_QUEUE = "indici.files"
+MERGES_QUEUE = "indici.merges"
 
 # A file whose chain has ended, for progress: staged files still wait for the merge, but their own
 # work is done.
-FILE_DONE = ("staged", "merged", "duplicate", "skipped", "failed")
+FILE_DONE = tuple(s.value for s in FileStatus if s.final_for_run)
 
 
 class EnqueueError(RuntimeError):
-    """The run row exists but the message could not be sent (the row is marked failed)."""
+    """The run row exists but the message could not be sent (the run is closed as failed)."""
 
 
 class RunTimeout(TimeoutError):
@@ -74,166 +76,52 @@ def selection_from_json(data: dict[str, Any]) -> Selection:
 
 
 # -- creating and enqueuing a run ----------------------------------------------------------------------
-def create_run(conn: psycopg.Connection, selection: Selection, request_key: str | None = None) -> int:
-    """The run's etl.load_runs row. With `request_key` (e.g. the Celery message id of beat's nightly
-    task) the same key always gives the same run, so a redelivered message does not start a second one."""
-    params = selection.as_params()
-    if request_key is None:
-        return ledger.start_run(conn, selection.kind, params)
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (request_key,))
-    row = conn.execute(
-        "SELECT load_run_id FROM etl.load_runs WHERE params ->> 'request_key' = %s", (request_key,)
-    ).fetchone()
-    if row is not None:
-        conn.commit()
-        return row[0]
-    return ledger.start_run(conn, selection.kind, {**params, "request_key": request_key})  # commits
+def create_run(conn: psycopg.Connection, selection: Selection, settings: Settings | None = None,
+               request_key: str | None = None) -> int:
+    """Open the run (lifecycle.open_run, Celery-driven); returns its id (a joined run's id)."""
+    from worker.settings import get_settings
+
+    return lifecycle.open_run(conn, selection, settings or get_settings(), driver="celery",
+                              request_key=request_key).run_id
+
+
+def send(name: str, args: tuple[Any, ...]) -> None:
+    """Send a task by name through the app's routes (worker/app.py)."""
+    from worker.app import app
+
+    app.send_task(name, args)
 
 
 def enqueue_run(settings: Settings, selection: Selection) -> int:
-    """Create the run in Postgres, then send `start_run`; returns the run id.
-
-    The message goes to the broker the Celery app is configured with (worker/app.py, from the same
-    environment as `settings`)."""
-    from worker.tasks import start_run
-
+    """Open the run in Postgres, then send `indici.start_run`; returns the run id. A live run of the
+    same selection is joined: its id is returned and nothing is sent."""
     with connect(settings) as conn:
-        run_id = create_run(conn, selection)
+        opened = lifecycle.open_run(conn, selection, settings, driver="celery")
+        if opened.joined:
+            log.info("a run of the same selection is going on; joined it", load_run_id=opened.run_id)
+            return opened.run_id
         try:
-            start_run.delay(run_id, selection_to_json(selection))
+            send(START_RUN, (opened.run_id, selection_to_json(selection)))
         except Exception as exc:  # broker down or misconfigured: do not leave a 'running' orphan
             message = f"could not enqueue the run: {type(exc).__name__}: {exc}"
-            _close_run(conn, run_id, "failed", message)
+            lifecycle.fail_run(conn, opened.run_id, message)
             raise EnqueueError(message) from exc
-    log.info("run enqueued", load_run_id=run_id, kind=selection.kind)
-    return run_id
+    log.info("run enqueued", load_run_id=opened.run_id, kind=selection.kind)
+    return opened.run_id
 
 
-def _close_run(conn: psycopg.Connection, run_id: int, status: str, error: str) -> None:
-    conn.rollback()
-    conn.execute(
-        "UPDATE etl.load_runs SET status = %s, error = %s, finished_at = now() WHERE load_run_id = %s",
-        (status, error, run_id),
-    )
-    conn.commit()
+def missing_consumers(timeout: float = 2.0, queues: tuple[str, ...] = (FILES_QUEUE, MERGES_QUEUE)) -> list[str]:
+    """The queues of a run that no live worker of this broker consumes (all of them when no worker
+    answers within `timeout` seconds)."""
+    from worker.app import app
 
-
-# -- steps the tasks call ------------------------------------------------------------------------------
-def plan_or_resume(
-    conn: psycopg.Connection, s3_client, settings: Settings, run_id: int, selection: Selection
-) -> RunPlan | None:
-    """Plan the run once (discovery + ledger); a second call for the same run returns the files of the
-    run that are not finished yet instead of discovering again; None when the run has already ended.
-
-    Why a second call happens: `start_run` redelivered after a worker died, or the same run enqueued
-    twice. Dispatching those files again is safe (their tasks find the work done, under the locks), and
-    it is what gets a run going again if the first dispatch was lost.
-    """
-    conn.commit()
-    conn.execute("SELECT pg_advisory_lock(%s, %s)", (PLAN_LOCK_SPACE, run_id))  # session lock: plan_run commits
-    conn.commit()
     try:
-        row = conn.execute(
-            "SELECT status, summary FROM etl.load_runs WHERE load_run_id = %s", (run_id,)
-        ).fetchone()
-        conn.commit()
-        if row is None:
-            raise LookupError(f"no run {run_id} in etl.load_runs")
-        status, summary = row
-        if status != "running":
-            log.info("run already finished; nothing to start", status=status)
-            return None
-        planned = (summary or {}).get("planned")
-        if planned is not None:
-            open_files = [
-                f.file_id for f in ledger.files_of_run(conn, run_id)
-                if f.status not in ledger.DONE_STATES and not (f.status == "failed" and not f.retryable)
-            ]
-            conn.commit()
-            log.info("run already planned; dispatching its unfinished files again", files=len(open_files))
-            return RunPlan(run_id, open_files, planned.get("already_done", 0), planned.get("unparseable", 0))
-        plan = plan_run(conn, s3_client, settings, selection, run_id=run_id)
-        # Recorded in the run's summary (finalise replaces it) so a second call knows the plan exists.
-        conn.execute(
-            "UPDATE etl.load_runs SET summary = %s WHERE load_run_id = %s",
-            (Jsonb({"planned": {"files": len(plan.file_ids), "already_done": plan.already_done,
-                                "unparseable": plan.unparseable}}), run_id),
-        )
-        conn.commit()
-        return plan
-    finally:
-        if not conn.closed and not conn.broken:
-            conn.rollback()
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (PLAN_LOCK_SPACE, run_id))
-            conn.commit()
-
-
-def file_outcome(conn: psycopg.Connection, file_id: int) -> dict[str, Any]:
-    """What a per-file task returns: ids and the status, nothing from the file's rows."""
-    record = ledger.get(conn, file_id)
-    conn.commit()
-    return {"file_id": file_id, "status": record.status}
-
-
-def record_file_failure(conn: psycopg.Connection, file_id: int, exc: BaseException, stage: str) -> dict[str, Any]:
-    """A per-file task's last word on an exception: the file is marked failed (retryable: the next run
-    tries it again) unless a step already recorded why; the task then returns instead of raising, so
-    the run's chord still reaches its merge and finalisation. Same rule as run_inline."""
-    conn.rollback()
-    record = ledger.get(conn, file_id)
-    with bound(s3_key=record.s3_key):
-        if record.status != "failed":
-            ledger.mark_failed(conn, file_id, f"{record.s3_key}: {type(exc).__name__}: {exc}",
-                               {"stage": stage}, retryable=True)
-        log.error("file processing failed", file_id=file_id, stage=stage, error=type(exc).__name__)
-    return file_outcome(conn, file_id)
-
-
-def record_run_error(conn: psycopg.Connection, run_id: int, error: str) -> None:
-    """Remember a run-wide failure (discovery, merge); `finalise` then marks the run failed."""
-    conn.rollback()
-    conn.execute(
-        "UPDATE etl.load_runs SET error = concat_ws('; ', error, %s::text) WHERE load_run_id = %s",
-        (error[:2000], run_id),
-    )
-    conn.commit()
-
-
-def finalise(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
-    """`finalise_run` plus what only the Celery path knows: a recorded run-wide error makes the run
-    failed, the plan's counts are kept, and the duration comes from the run's own start time."""
-    conn.commit()
-    row = conn.execute("SELECT summary FROM etl.load_runs WHERE load_run_id = %s", (run_id,)).fetchone()
-    conn.commit()
-    if row is None:
-        raise LookupError(f"no run {run_id} in etl.load_runs")
-    previous = row[0] or {}
-    # From the plan, or from an earlier finalisation of the same run (a redelivered body finalises again).
-    already_done = (previous.get("planned") or {}).get("already_done", previous.get("already_done", 0))
-    summary = finalise_run(conn, run_id, extra={"already_done": already_done})
-    seconds, error = conn.execute(
-        "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 3)::float8, error "
-        "FROM etl.load_runs WHERE load_run_id = %s",
-        (run_id,),
-    ).fetchone()
-    extra: dict[str, Any] = {"already_done": already_done, "seconds": seconds}
-    status = summary["status"]
-    if error:
-        status, extra["error"] = "failed", error
-    conn.execute(
-        "UPDATE etl.load_runs SET status = %s, summary = summary || %s WHERE load_run_id = %s",
-        (status, Jsonb(extra), run_id),
-    )
-    conn.commit()
-    log.info("run finished", load_run_id=run_id, status=status, files=summary["files"])
-    return {**summary, **extra, "status": status}
-
-
-def fail_run(conn: psycopg.Connection, run_id: int, error: str) -> dict[str, Any]:
-    """A run whose orchestration broke (a task raised after its retries): record why and finalise it,
-    so it does not stay 'running' for ever."""
-    record_run_error(conn, run_id, error)
-    return finalise(conn, run_id)
+        answers = app.control.inspect(timeout=timeout).active_queues() or {}
+    except Exception as exc:  # the broker itself does not answer: the enqueue already said so
+        log.warning("could not ask the workers for their queues", error=type(exc).__name__)
+        answers = {}
+    consumed = {q.get("name") for queues_of_worker in answers.values() for q in (queues_of_worker or [])}
+    return [q for q in queues if q not in consumed]
 
 
 # -- waiting and progress ------------------------------------------------------------------------------
@@ -270,6 +158,24 @@ class FileProgress:
         return done, len(files)
 
 
+def run_outcome(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
+    """The run as stored: `load_run_id`, `status` and its summary (the plan while it runs); None when
+    there is no such run."""
+    row = conn.execute(
+        "SELECT status, summary, error, started_at, finished_at FROM etl.load_runs WHERE load_run_id = %s",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    status, summary, error, started, finished = row
+    result = {"load_run_id": run_id, "status": status, **(summary or {})}
+    if error and "error" not in result:
+        result["error"] = error
+    if status == "running":
+        result["started_at"] = started.isoformat()
+    return result
+
+
 def wait_for_run(
     settings: Settings,
     run_id: int,
@@ -282,18 +188,12 @@ def wait_for_run(
     deadline = None if timeout is None else time.monotonic() + timeout
     with connect(settings, autocommit=True) as conn:  # autocommit: every poll sees the latest commit
         while True:
-            row = conn.execute(
-                "SELECT status, summary, error FROM etl.load_runs WHERE load_run_id = %s", (run_id,)
-            ).fetchone()
-            if row is None:
+            result = run_outcome(conn, run_id)
+            if result is None:
                 raise LookupError(f"no run {run_id} in etl.load_runs")
             if progress is not None:
                 progress.update(conn)
-            status, summary, error = row
-            if status != "running":
-                result = {"load_run_id": run_id, "status": status, **(summary or {})}
-                if error and "error" not in result:
-                    result["error"] = error
+            if result["status"] != "running":
                 return result
             if deadline is not None and time.monotonic() >= deadline:
                 raise RunTimeout(f"run {run_id} is still running after {timeout:g}s")

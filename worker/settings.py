@@ -141,6 +141,37 @@ class Settings(BaseSettings):
     s3_read_chunk_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="S3_READ_CHUNK_BYTES")
     """Bytes read from an S3 object per chunk while landing; bounds the landing's memory."""
 
+    # -- run lifecycle and Celery delivery (worker/pipeline/lifecycle.py, worker/app.py) ----------------
+    task_soft_time_limit: int = Field(default=2 * 60 * 60, validation_alias="TASK_SOFT_TIME_LIMIT")
+    """Seconds after which a task is asked to stop (SoftTimeLimitExceeded: its transaction rolls back and
+    the file is recorded as failed, retryable). Longer than landing the largest extract or a full merge."""
+
+    task_time_limit: int = Field(default=2 * 60 * 60 + 10 * 60, validation_alias="TASK_TIME_LIMIT")
+    """Seconds after which the worker process running a task is killed (the hard limit). The broker's
+    visibility timeout (worker/app.py) and a file's lease are derived from it, so a message is never
+    redelivered, nor a file re-enqueued, while its task may still be running."""
+
+    run_lease_seconds: int = Field(default=15 * 60, validation_alias="RUN_LEASE_SECONDS")
+    """A run is alive while its lease (etl.load_runs.lease_expires_at) holds; every step of the run
+    renews it. A running run whose lease expired has lost its driver (an inline process died, a chord
+    message was lost): the reconciler finishes or fails it, and a later run adopts its files."""
+
+    lock_timeout_seconds: float = Field(default=10 * 60, validation_alias="LOCK_TIMEOUT_SECONDS")
+    """Longest wait for a file's or the merge's advisory lock; past it the step fails (retryable) with
+    a message naming the backend holding the lock (pg_stat_activity.application_name: run and file)."""
+
+    @property
+    def file_lease_seconds(self) -> int:
+        """A worker's hold on a file: the hard time limit plus 30 s (the task is dead by then)."""
+        return self.task_time_limit + 30
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis redelivers an unacknowledged message after this long: above the hard time limit plus
+        the longest retry countdown (worker/tasks.py), so a message is never redelivered while its task
+        can still be running."""
+        return self.task_time_limit + 600 + 5 * 60
+
     @classmethod
     def settings_customise_sources(
         cls,

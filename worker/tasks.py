@@ -1,33 +1,31 @@
-"""Celery tasks: thin, typed wrappers over the plain pipeline functions.
+"""Celery tasks: a thin, typed driver over worker/pipeline/lifecycle.py (the `--inline` driver is
+worker/pipeline/run.py; both call the same functions, so both runs end the same).
 
 Every task takes only ids and plain JSON (run id, file id, a selection of dates and strings): never
 rows, NHIs or secrets, because task arguments are stored in Redis and shown by Flower. Each task opens
-its own connection and S3 client, calls one plain function, and returns a small JSON dict.
+its own connection and S3 client, calls one lifecycle function, and returns a small JSON dict.
 
-The shape of a run (PRODUCT.md):
+The shape of a run (PRODUCT.md), queues in brackets (worker/app.py routes them):
 
-    start_run(run_id, selection)                      discovery + ledger, then replaced by:
+    start_run(run_id, selection)                      [merges] plan, then replaced by:
       chord(
-        [chain(land_file(run, f1), stage_file(run, f1)),  one chain per file
+        [chain(land_file(run, f1), stage_file(run, f1)),  [files] one chain per file
          chain(land_file(run, f2), stage_file(run, f2)), ...],
-        chain(merge_run(run), finalise_run(run)).on_error(fail_run(run)))
+        chain(merge_run(run), finalise_run(run)).on_error(fail_run(run)))   [merges]
+    reconcile()                                       [merges] beat, every few minutes
 
-Failures, and why the chord body still runs:
-- A bad file is not an exception here: land/stage record it in the ledger (failed, with the reason)
-  and the task returns its status, so the chord completes and the run ends 'partial'.
-- Infrastructure errors (Postgres or S3 unreachable) are retried by Celery with exponential backoff
-  and jitter, a bounded number of times. On the last attempt the task records the failure (the file
-  stays retryable for the next run) and returns instead of raising, for the same reason.
-- Only if even that recording fails (Postgres down for good) does a task raise. Then Celery does not
-  run the chord body; it calls the body's errback, `fail_run`, which finalises the run as failed once
-  Postgres is back, so a run never stays 'running' because of a lost chord.
-- `merge_run` is one task because merge.py offers one function, `merge_run` (dimensions first, then
-  facts, in one transaction under the run-wide merge lock). A merge failure is recorded on the run
-  and `finalise_run` marks the run failed; its staged files are merged by the next run.
+Failures (the rule itself is lifecycle.run_file_step's; this only decides when to retry):
+- A bad file is not an exception: the lifecycle records it failed and the task returns its status,
+  so the chord completes and the run ends 'partial'.
+- A transient error (Postgres or S3 unreachable) is recorded (failed, retryable) and the task retried
+  with exponential backoff and full jitter, a bounded number of times; on the last attempt it returns.
+- Only if even the recording fails (Postgres down for good) does a task raise. Then Celery does not
+  run the chord body; it calls the body's errback, `fail_run`, which closes the run as failed once
+  Postgres is back; if that is lost too, the reconciler closes the run when its lease expires.
 
 Redelivery (late acks) means any task can run twice, or at the same time as a copy of itself: the
-plain functions are idempotent under Postgres advisory locks and unique constraints, which is what
-guarantees process-once, not Celery. No task ever waits on another task's result.
+lifecycle functions are idempotent under Postgres advisory locks, leases and unique constraints,
+which is what guarantees process-once, not Celery. No task ever waits on another task's result.
 """
 
 from __future__ import annotations
@@ -35,34 +33,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import botocore.exceptions
-import psycopg
-from celery import Task, chain, chord
+from celery import Task, chain, chord, group
 from celery.canvas import Signature
+from celery.utils.time import get_exponential_backoff_interval
 
 from worker import orchestration
 from worker.app import app
 from worker.io.db import connect
 from worker.io.s3 import make_client
 from worker.log import bound, get_logger
-from worker.pipeline import ledger
-from worker.pipeline.land import land_file as land_plain
-from worker.pipeline.merge import merge_run as merge_plain
-from worker.pipeline.run import Selection
-from worker.pipeline.stage import stage_file as stage_plain
+from worker.pipeline import lifecycle
+from worker.pipeline.lifecycle import TRANSIENT_ERRORS, Selection, Step
+from worker.pipeline.nztime import nz_today
 from worker.preflight import check_plan_keys
 from worker.settings import Settings, get_settings
 
 log = get_logger(__name__)
 
-# Worth retrying: the service on the other end may come back. (OSError covers socket errors and the
-# landing's own "the spooled copy changed" check, which it marks retryable.)
-INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    botocore.exceptions.ConnectionError,
-    botocore.exceptions.HTTPClientError,
-    OSError,
-)
+INFRASTRUCTURE_ERRORS = TRANSIENT_ERRORS
 
 
 class PipelineTask(Task):
@@ -77,7 +65,13 @@ class PipelineTask(Task):
     max_retries = 6
 
     def final_attempt(self) -> bool:
-        return self.request.retries >= self.max_retries
+        return bool(self.request.retries >= self.max_retries)
+
+    def retry_later(self) -> None:
+        """Retry this task after the backoff (raises celery.exceptions.Retry)."""
+        countdown = get_exponential_backoff_interval(self.retry_backoff, self.request.retries,
+                                                     self.retry_backoff_max, self.retry_jitter)
+        raise self.retry(countdown=countdown)
 
 
 def _settings() -> Settings:
@@ -96,15 +90,19 @@ def _guarded(task: PipelineTask, work: Callable[[], dict[str, Any]],
                         retries=task.request.retries)
             raise
         failure: BaseException = exc
-    except Exception as exc:  # a bug or a bad file the step did not classify: record, do not raise
+    except Exception as exc:  # a bug the lifecycle did not classify: record, do not raise
         failure = exc
     return on_failure(failure)
 
 
 # -- a run ---------------------------------------------------------------------------------------------
+def close_signature(run_id: int) -> Signature:
+    return chain(merge_run.si(run_id), finalise_run.si(run_id)).on_error(fail_run.si(run_id))
+
+
 def run_signature(run_id: int, file_ids: list[int]) -> Signature:
     """The canvas of a planned run. Immutable signatures (.si): no task receives another's result."""
-    body = chain(merge_run.si(run_id), finalise_run.si(run_id)).on_error(fail_run.si(run_id))
+    body = close_signature(run_id)
     if not file_ids:
         return body
     header = [chain(land_file.si(run_id, file_id), stage_file.si(run_id, file_id)) for file_id in file_ids]
@@ -116,7 +114,7 @@ def _plan_and_dispatch(task: PipelineTask, run_id: int, selection: Selection) ->
     with bound(load_run_id=run_id):
         def plan() -> dict[str, Any]:
             with connect(settings) as conn:
-                result = orchestration.plan_or_resume(conn, make_client(settings), settings, run_id, selection)
+                result = lifecycle.plan_run(conn, make_client(settings), settings, selection, run_id)
                 if result is not None:  # ops hook (issue 9): NHI_HMAC_KEY before any file of the plan lands
                     check_plan_keys(conn, settings, result.file_ids)
             if result is None:
@@ -124,8 +122,9 @@ def _plan_and_dispatch(task: PipelineTask, run_id: int, selection: Selection) ->
             return {"load_run_id": run_id, "dispatched": True, "file_ids": result.file_ids}
 
         def fail(exc: BaseException) -> dict[str, Any]:
+            log.error("planning failed; the run is closed as failed", error=type(exc).__name__, detail=str(exc)[:500])
             with connect(settings) as conn:
-                summary = orchestration.fail_run(conn, run_id, f"planning: {type(exc).__name__}: {exc}")
+                summary = lifecycle.fail_run(conn, run_id, f"planning: {type(exc).__name__}: {exc}")
             return {"load_run_id": run_id, "dispatched": False, "status": summary["status"]}
 
         outcome = _guarded(task, plan, fail)
@@ -134,7 +133,7 @@ def _plan_and_dispatch(task: PipelineTask, run_id: int, selection: Selection) ->
         file_ids = outcome["file_ids"]
         log.info("run dispatched", files=len(file_ids))
     # Outside every try: replace() ends this task by raising Ignore; the chord takes over its id.
-    return task.replace(run_signature(run_id, file_ids))
+    return task.replace(run_signature(run_id, file_ids))  # type: ignore[no-any-return]
 
 
 @app.task(bind=True, base=PipelineTask, name="indici.start_run")
@@ -144,81 +143,66 @@ def start_run(self: PipelineTask, run_id: int, selection: dict[str, Any]) -> dic
         parsed = orchestration.selection_from_json(selection)
     except (TypeError, ValueError) as exc:  # a malformed message: end the run instead of leaving it open
         with bound(load_run_id=run_id), connect(_settings()) as conn:
-            summary = orchestration.fail_run(conn, run_id, f"bad selection: {exc}")
+            summary = lifecycle.fail_run(conn, run_id, f"bad selection: {exc}")
         return {"load_run_id": run_id, "dispatched": False, "status": summary["status"]}
     return _plan_and_dispatch(self, run_id, parsed)
 
 
 @app.task(bind=True, base=PipelineTask, name="indici.nightly_run")
 def nightly_run(self: PipelineTask) -> dict[str, Any]:
-    """What beat enqueues: a nightly run. The run row is keyed by this message's id, so a redelivered
-    message continues the same run instead of starting another."""
+    """What beat enqueues: the night's run. Its row is keyed 'nightly:<NZ date>' (unique in
+    etl.load_runs), so a redelivered message, or a second beat's message, continues the same run
+    instead of starting another: exactly one nightly run per date."""
     selection = Selection(kind="nightly")
-    with connect(_settings()) as conn:
-        run_id = orchestration.create_run(conn, selection, request_key=f"celery:{self.request.id}")
+    settings = _settings()
+    with connect(settings) as conn:
+        run_id = lifecycle.open_run(conn, selection, settings, driver="celery",
+                                    request_key=f"nightly:{nz_today().isoformat()}").run_id
     return _plan_and_dispatch(self, run_id, selection)
 
 
 # -- one file ------------------------------------------------------------------------------------------
-def _file_step(task: PipelineTask, run_id: int, file_id: int, stage: str,
-               step: Callable[[psycopg.Connection, Settings], Any]) -> dict[str, Any]:
+def _file_step(task: PipelineTask, run_id: int, file_id: int, step: Step) -> dict[str, Any]:
     settings = _settings()
-    with bound(load_run_id=run_id, file_id=file_id):
-        def work() -> dict[str, Any]:
-            with connect(settings) as conn:
-                record = ledger.get(conn, file_id)
-                conn.commit()
-                with bound(s3_key=record.s3_key):
-                    step(conn, settings)
-                    return orchestration.file_outcome(conn, file_id)
-
-        def record(exc: BaseException) -> dict[str, Any]:
-            with connect(settings) as conn:  # a new connection: the old one may be what broke
-                return orchestration.record_file_failure(conn, file_id, exc, stage)
-
-        return _guarded(task, work, record)
+    with bound(load_run_id=run_id, file_id=file_id), connect(settings) as conn:
+        outcome = lifecycle.run_file_step(conn, make_client(settings), file_id, step, settings)
+    if outcome.retry and not task.final_attempt():
+        log.warning("transient error; the task will be retried", stage=step.value, retries=task.request.retries)
+        task.retry_later()
+    return outcome.as_task_result()
 
 
 @app.task(bind=True, base=PipelineTask, name="indici.land_file")
 def land_file(self: PipelineTask, run_id: int, file_id: int) -> dict[str, Any]:
     """S3 object version -> raw (once: the ledger's lock and state decide)."""
-    return _file_step(self, run_id, file_id, "land",
-                      lambda conn, settings: land_plain(conn, make_client(settings), file_id, settings))
+    return _file_step(self, run_id, file_id, Step.LAND)
 
 
 @app.task(bind=True, base=PipelineTask, name="indici.stage_file")
 def stage_file(self: PipelineTask, run_id: int, file_id: int) -> dict[str, Any]:
     """raw -> stg + rejects for a landed file; does nothing for a file that did not land."""
-    return _file_step(self, run_id, file_id, "stage", lambda conn, settings: stage_plain(conn, file_id))
+    return _file_step(self, run_id, file_id, Step.STAGE)
 
 
 # -- the chord body ------------------------------------------------------------------------------------
 @app.task(bind=True, base=PipelineTask, name="indici.merge_run")
 def merge_run(self: PipelineTask, run_id: int) -> dict[str, Any]:
-    """stg -> core for the run's staged files: dimensions, then facts (merge.merge_run)."""
+    """stg -> core for the run's staged files: dimensions, then facts (lifecycle.merge)."""
     settings = _settings()
-    with bound(load_run_id=run_id):
-        def work() -> dict[str, Any]:
-            with connect(settings) as conn:
-                summary = merge_plain(conn, run_id, settings)
-            return {"load_run_id": run_id, "status": "merged", "files_merged": summary["files_merged"],
-                    "inferred_members": summary["inferred_members"], "nhi_invalid": summary["nhi_invalid"],
-                    "seconds": summary["seconds"]}
-
-        def record(exc: BaseException) -> dict[str, Any]:
-            log.error("merge failed", error=type(exc).__name__)
-            with connect(settings) as conn:
-                orchestration.record_run_error(conn, run_id, f"merge: {type(exc).__name__}: {exc}")
-            return {"load_run_id": run_id, "status": "failed", "error": type(exc).__name__}
-
-        return _guarded(self, work, record)
+    with bound(load_run_id=run_id), connect(settings) as conn:
+        summary = lifecycle.merge(conn, run_id, settings, raise_transient=not self.final_attempt())
+    if summary is None:
+        return {"load_run_id": run_id, "status": "failed"}
+    return {"load_run_id": run_id, "status": "merged", "files_merged": summary["files_merged"],
+            "inferred_members": summary["inferred_members"], "nhi_invalid": summary["nhi_invalid"],
+            "seconds": summary["seconds"]}
 
 
 @app.task(bind=True, base=PipelineTask, name="indici.finalise_run")
 def finalise_run(self: PipelineTask, run_id: int) -> dict[str, Any]:
     """The run's status from its files (and any recorded run-wide error), summary, etl.health."""
     with bound(load_run_id=run_id), connect(_settings()) as conn:
-        summary = orchestration.finalise(conn, run_id)
+        summary = lifecycle.close_run(conn, run_id)
     return {"load_run_id": run_id, "status": summary["status"], "files": summary["files"]}
 
 
@@ -226,6 +210,25 @@ def finalise_run(self: PipelineTask, run_id: int) -> dict[str, Any]:
 def fail_run(self: PipelineTask, run_id: int) -> dict[str, Any]:
     """Errback of the chord body: a task raised after its retries, so the body did not run."""
     with bound(load_run_id=run_id), connect(_settings()) as conn:
-        summary = orchestration.fail_run(
-            conn, run_id, "a task of the run failed after its retries; see the worker log")
+        summary = lifecycle.fail_run(conn, run_id, "a task of the run failed after its retries; see the worker log")
     return {"load_run_id": run_id, "status": summary["status"]}
+
+
+# -- the reconciler ------------------------------------------------------------------------------------
+@app.task(bind=True, base=PipelineTask, name="indici.reconcile")
+def reconcile(self: PipelineTask) -> dict[str, Any]:
+    """Beat, every few minutes (scheduler/beat.py): repair runs whose driver is gone (lifecycle.reconcile)
+    by sending what they miss: their unfinished files' chains (then merge and close), or just the merge
+    and close, or their planning again."""
+    settings = _settings()
+    with connect(settings) as conn:
+        repairs = lifecycle.reconcile(conn, settings)
+    for repair in repairs:
+        if repair.action == "plan":
+            start_run.apply_async((repair.run_id, repair.selection or {"kind": "nightly"}))
+        elif repair.action == "files":
+            chord(group(chain(land_file.si(repair.run_id, f), stage_file.si(repair.run_id, f))
+                        for f in repair.file_ids), close_signature(repair.run_id)).apply_async()
+        else:
+            close_signature(repair.run_id).apply_async()
+    return {"repairs": [{"load_run_id": r.run_id, "action": r.action, "files": len(r.file_ids)} for r in repairs]}

@@ -15,7 +15,7 @@ PRODUCT_VARIABLES = {
     "DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "S3_BUCKET", "S3_PREFIX", "AWS_REGION",
     "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "NHI_HMAC_KEY",
 }
-APP_SERVICES = ("migrate", "worker", "beat", "flower", "health", "demo")
+APP_SERVICES = ("migrate", "worker", "worker-files", "beat", "flower", "health", "demo")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,13 @@ def test_the_stack_has_every_service(compose):
 def test_commands_are_the_documented_interfaces(compose):
     services = compose["services"]
     assert _command(services["worker"])[:4] == ["celery", "-A", "worker.app", "worker"]
+    assert _command(services["worker-files"])[:4] == ["celery", "-A", "worker.app", "worker"]
+    # One worker per queue (worker/app.py's routes): merges (and planning) apart from landing/staging.
+    from worker.app import FILES_QUEUE, MERGES_QUEUE, TASK_ROUTES
+
+    merges, files = _command(services["worker"]), _command(services["worker-files"])
+    assert merges[merges.index("-Q") + 1] == MERGES_QUEUE and files[files.index("-Q") + 1] == FILES_QUEUE
+    assert {r["queue"] for r in TASK_ROUTES.values()} == {FILES_QUEUE, MERGES_QUEUE}
     assert _command(services["beat"])[:4] == ["celery", "-A", "worker.app", "beat"]
     assert _command(services["flower"])[:4] == ["celery", "-A", "worker.app", "flower"]
     assert "127.0.0.1:5555:5555" in services["flower"]["ports"]
@@ -51,7 +58,7 @@ def test_commands_are_the_documented_interfaces(compose):
 def test_workers_start_after_the_migration_and_their_login(compose):
     services = compose["services"]
     assert services["service-login"]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
-    for name in ("worker", "beat", "health"):
+    for name in ("worker", "worker-files", "beat", "health"):
         assert services[name]["depends_on"]["service-login"] == {"condition": "service_completed_successfully"}
 
 
@@ -107,6 +114,7 @@ def test_each_service_mounts_only_the_secrets_it_needs(compose):
     expected = {
         "postgres": {"secrets-db"}, "redis": {"secrets-redis"}, "migrate": {"secrets-admin"},
         "service-login": {"secrets-admin"}, "worker": {"secrets-service", "secrets-nhi"},
+        "worker-files": {"secrets-service"},  # lands and stages: never hashes an NHI, so no key
         "beat": {"secrets-service"}, "health": {"secrets-service"}, "flower": {"secrets-flower"},
     }
     for name, wanted in expected.items():
@@ -121,7 +129,7 @@ def test_each_service_mounts_only_the_secrets_it_needs(compose):
 def test_services_run_as_least_privileged_logins(compose):
     services = compose["services"]
     # The service connects with the etl_writer login; migrations with the owner login.
-    for name in ("worker", "beat", "health"):
+    for name in ("worker", "worker-files", "beat", "health"):
         assert services[name]["environment"]["DATABASE_URL_FILE"] == "/secrets/service/database_url"
         assert "MIGRATION_DATABASE_URL_FILE" not in services[name]["environment"]
     login = _command(services["service-login"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 from contracts.model import ExtractSpec
 from contracts.registry import load_all
@@ -31,7 +32,8 @@ class DiscoveredFile:
 class Discovery:
     files: list[DiscoveredFile] = field(default_factory=list)
     unparseable: list[tuple[ObjectVersion, str]] = field(default_factory=list)
-    superseded_versions: list[ObjectVersion] = field(default_factory=list)
+    # Older versions of keys (not the latest): recorded as `superseded` when their key is taken.
+    superseded_versions: list[DiscoveredFile] = field(default_factory=list)
 
 
 def token_map() -> dict[str, str]:
@@ -54,14 +56,14 @@ def classify(versions: Iterable[ObjectVersion], known_per_org_ids: Sequence[int]
             found.unparseable.append((version, exc.reason))
             continue
         if not version.is_latest:
-            found.superseded_versions.append(version)
+            found.superseded_versions.append(DiscoveredFile(version, name, specs[name.extract]))
             continue
         found.files.append(DiscoveredFile(version, name, specs[name.extract]))
     found.files.sort(key=lambda f: (f.name.date_extracted, f.spec.extract, f.version.key))
     return found
 
 
-def discover(client, bucket: str, prefix: str = "", known_per_org_ids: Sequence[int] = ()) -> Discovery:
+def discover(client: Any, bucket: str, prefix: str = "", known_per_org_ids: Sequence[int] = ()) -> Discovery:
     return classify(iter_versions(client, bucket, prefix), known_per_org_ids)
 
 
@@ -71,25 +73,20 @@ def select_nightly(
     extracts: Sequence[str] = (),
 ) -> list[DiscoveredFile]:
     """The nightly selection, per extract and organisation/practice: the newest batch already loaded and
-    every batch after it, or only the newest batch when none has been loaded yet.
+    every batch after it, or every batch available when none has been loaded yet (a first night).
 
     Taking only the newest batch would lose the changes of a delta that arrived between two runs (or
-    during a night the run failed); core does not depend on load order, so catching up is safe. The last
-    loaded batch is selected again so that a re-written object (a new version of its key) is seen; the
-    ledger skips the versions already loaded. History before the first load is backfill's job.
+    during a night the run failed), and on a first night would load a delta without the full batch it
+    applies to (its patients would become inferred members); core does not depend on load order, so
+    loading everything is safe and correct. The last loaded batch is selected again so that a
+    re-written object (a new version of its key) is seen; the ledger skips the versions already loaded.
     """
     wanted = {e.lower() for e in extracts}
     candidates = [f for f in files if not wanted or f.spec.extract.lower() in wanted]
-    newest: dict[tuple, datetime] = {}
-    for f in candidates:
-        if f.group not in newest or f.name.date_extracted > newest[f.group]:
-            newest[f.group] = f.name.date_extracted
     chosen = []
     for f in candidates:
         since = loaded_up_to.get(f.group)
-        if (since is None and f.name.date_extracted == newest[f.group]) or (
-            since is not None and f.name.date_extracted >= since
-        ):
+        if since is None or f.name.date_extracted >= since:
             chosen.append(f)
     return chosen
 

@@ -1,10 +1,12 @@
 """Raw landing: one file version from S3 into raw.<t>_raw, whole or not at all.
 
-In one transaction per file: take the file's advisory lock, re-read its ledger row (another worker may
-have landed it meanwhile), spool the object version to a temporary file while hashing it, refuse content
-already loaded under another version (duplicate), then stream the bytes through the Indici reader into
-COPY with every row's number and lineage. A format error rolls the transaction back, so a bad file lands
-no rows, and is recorded as failed with the row, the counts and the reason.
+`land_version` is the step: spool the object version to a temporary file while hashing it, refuse
+content already loaded under another version (duplicate), then stream the bytes through the Indici
+reader into COPY with every row's number and lineage. It runs inside the transaction that
+worker/pipeline/lifecycle.py opens (the file's advisory lock held, its ledger row re-read), never
+commits and never writes the file's state: it returns what happened and the lifecycle records it in
+the same transaction. A format error rolls that transaction back, so a bad file lands no rows, and the
+lifecycle records it as failed with the row, the counts and the reason.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from psycopg import sql
 from contracts import naming
 from contracts.model import LINEAGE_COLUMNS, ExtractSpec
 from contracts.registry import get as get_spec
-from worker.io.indici_reader import IndiciFormatError, IndiciReader, escape_copy_text
+from worker.io.indici_reader import IndiciReader, escape_copy_text
 from worker.io.s3 import spool_version
-from worker.log import bound, get_logger
+from worker.log import get_logger
 from worker.pipeline import ledger
-from worker.pipeline.ledger import LockSpace
 from worker.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -43,6 +44,11 @@ class LandResult:
     error: str | None = None
     spool_seconds: float | None = None
     copy_seconds: float | None = None
+    # What the lifecycle records in the ledger (landed: hash, encoding, counts; duplicate: of which file).
+    file_hash: str | None = None
+    rows_read: int | None = None
+    landed_at: datetime | None = None
+    duplicate_of: int | None = None
 
 
 def copy_columns(spec: ExtractSpec) -> list[str]:
@@ -91,82 +97,40 @@ def _find_duplicate(conn: psycopg.Connection, record: ledger.FileRecord, file_ha
 
 
 def land_file(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings | None = None) -> LandResult:
-    """Land one file version (safe to call twice, or from two workers at once)."""
-    settings = settings or get_settings()
-    record = ledger.get(conn, file_id)
-    conn.commit()
-    with bound(load_run_id=record.load_run_id, s3_key=record.s3_key, file_id=file_id):
-        try:
-            result = _land(conn, s3_client, file_id, settings)
-        except IndiciFormatError as exc:
-            conn.rollback()
-            detail = {
-                "stage": "land",
-                "kind": exc.kind,
-                "row_number": exc.row_number,
-                "expected": exc.expected,
-                "found": exc.found,
-                "byte_offset": exc.byte_offset,
-            }
-            ledger.mark_failed(conn, file_id, f"{record.s3_key}: {exc.detail}", detail, retryable=False)
-            log.error("file failed to land", kind=exc.kind, row_number=exc.row_number, error=exc.detail)
-            return LandResult(file_id, "failed", error=exc.detail)
-        except (psycopg.OperationalError, OSError) as exc:
-            conn.rollback()
-            ledger.mark_failed(
-                conn, file_id, f"{record.s3_key}: {type(exc).__name__}: {exc}",
-                {"stage": "land", "kind": "transient"}, retryable=True,
-            )
-            log.error("file landing interrupted; will be retried", error=type(exc).__name__)
-            raise
-        log.info("file landed" if result.status == "landed" else f"file {result.status}", rows=result.rows,
-                 encoding=result.encoding, spool_seconds=result.spool_seconds, copy_seconds=result.copy_seconds)
-        return result
+    """Land one file version through the lifecycle (its lock, state and commit); safe to call twice,
+    or from two workers at once. Kept for callers of the step by file id (bench, tests)."""
+    from worker.pipeline import lifecycle
+
+    return lifecycle.land_file(conn, s3_client, file_id, settings or get_settings())
 
 
-def _land(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings) -> LandResult:
-    with conn.transaction():
-        ledger.lock(conn, LockSpace.LAND, file_id)
-        record = ledger.get(conn, file_id, for_update=True)
-        if record.status not in ("pending", "failed"):
-            return LandResult(file_id, "already")
-        if record.status == "failed" and not record.retryable:
-            return LandResult(file_id, "already")
-        spec = get_spec(record.extract)
-        with tempfile.TemporaryFile(prefix="indici-") as spool:
-            started = time.perf_counter()
-            file_hash, size = spool_version(
-                s3_client, record.s3_bucket, record.s3_key, record.s3_version_id, spool,
-                settings.s3_read_chunk_bytes,
-            )
-            duplicate_of = _find_duplicate(conn, record, file_hash)
-            if duplicate_of is not None:
-                conn.execute(
-                    "UPDATE etl.load_run_files SET status = 'duplicate', duplicate_of = %s, file_hash = %s, "
-                    "attempts = attempts + 1, updated_at = now() WHERE file_id = %s",
-                    (duplicate_of, file_hash, file_id),
-                )
-                return LandResult(file_id, "duplicate")
-            spooled = time.perf_counter()
-            landed_at = datetime.now(timezone.utc)
-            chunks = iter(lambda: spool.read(settings.s3_read_chunk_bytes), b"")
-            reader = IndiciReader(chunks, spec.field_count)
-            prefix = lineage_prefix(record, file_hash, landed_at)
-            with conn.cursor() as cur:
-                with cur.copy(copy_statement(spec)) as copy:
-                    for block in reader.copy_bytes(prefix):
-                        copy.write(block)
-                rows_raw = cur.rowcount
-            if reader.sha256 != file_hash or reader.bytes_read != size:
-                raise OSError("the spooled copy of the object changed while it was read")
-            if rows_raw != reader.rows_read:
-                raise RuntimeError(f"COPY stored {rows_raw} rows but the file has {reader.rows_read}")
-            conn.execute(
-                "UPDATE etl.load_run_files SET status = 'landed', file_hash = %s, encoding = %s, "
-                "rows_read = %s, rows_raw = %s, landed_at = %s, attempts = attempts + 1, error = NULL, "
-                "error_detail = NULL, updated_at = now() WHERE file_id = %s",
-                (file_hash, reader.encoding + ("+bom" if reader.bom else ""), reader.rows_read, rows_raw,
-                 landed_at, file_id),
-            )
-            return LandResult(file_id, "landed", rows=rows_raw, encoding=reader.encoding,
-                              spool_seconds=spooled - started, copy_seconds=time.perf_counter() - spooled)
+def land_version(conn: psycopg.Connection, s3_client, record: ledger.FileRecord, settings: Settings) -> LandResult:
+    """Spool, hash and COPY one file version in the caller's transaction; no commit, no state write."""
+    file_id = record.file_id
+    spec = get_spec(record.extract)
+    with tempfile.TemporaryFile(prefix="indici-") as spool:
+        started = time.perf_counter()
+        file_hash, size = spool_version(
+            s3_client, record.s3_bucket, record.s3_key, record.s3_version_id, spool,
+            settings.s3_read_chunk_bytes,
+        )
+        duplicate_of = _find_duplicate(conn, record, file_hash)
+        if duplicate_of is not None:
+            return LandResult(file_id, "duplicate", file_hash=file_hash, duplicate_of=duplicate_of)
+        spooled = time.perf_counter()
+        landed_at = datetime.now(timezone.utc)
+        chunks = iter(lambda: spool.read(settings.s3_read_chunk_bytes), b"")
+        reader = IndiciReader(chunks, spec.field_count)
+        prefix = lineage_prefix(record, file_hash, landed_at)
+        with conn.cursor() as cur:
+            with cur.copy(copy_statement(spec)) as copy:
+                for block in reader.copy_bytes(prefix):
+                    copy.write(block)
+            rows_raw = cur.rowcount
+        if reader.sha256 != file_hash or reader.bytes_read != size:
+            raise OSError("the spooled copy of the object changed while it was read")
+        if rows_raw != reader.rows_read:
+            raise RuntimeError(f"COPY stored {rows_raw} rows but the file has {reader.rows_read}")
+        return LandResult(file_id, "landed", rows=rows_raw, encoding=f"{reader.encoding}{'+bom' if reader.bom else ''}",
+                          spool_seconds=spooled - started, copy_seconds=time.perf_counter() - spooled,
+                          file_hash=file_hash, rows_read=reader.rows_read, landed_at=landed_at)

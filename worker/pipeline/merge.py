@@ -246,12 +246,13 @@ def _store_dq(conn: psycopg.Connection, run_id: int, result: MergeResult) -> Non
 
 def merge_run(conn: psycopg.Connection, run_id: int, settings) -> dict[str, Any]:
     """Merge every staged file of the run: dimensions first, then facts; one transaction under the
-    MERGE lock; files become 'merged'. Returns a summary; raises (after rollback) on failure."""
+    MERGE lock, inside the caller's transaction (worker/pipeline/lifecycle.py opens it, marks the
+    returned `file_ids` merged and commits; this function never commits). Returns a summary; raises
+    on failure (the caller rolls back)."""
     started = time.monotonic()
-    conn.commit()  # start from a clean transaction boundary
     results: list[MergeResult] = []
     with bound(load_run_id=run_id), conn.transaction():
-        ledger.lock(conn, LockSpace.MERGE, 0)
+        ledger.lock(conn, LockSpace.MERGE, 0, timeout=getattr(settings, "lock_timeout_seconds", None))
         files = _files_to_merge(conn, run_id)
         by_extract: dict[str, list[int]] = {}
         for file_id, extract in files:
@@ -261,14 +262,9 @@ def merge_run(conn: psycopg.Connection, run_id: int, settings) -> dict[str, Any]
             result = merge_extract(conn, get_spec(extract), by_extract[extract], settings)
             _store_dq(conn, run_id, result)
             results.append(result)
-        if files:
-            conn.execute(
-                "UPDATE etl.load_run_files SET status = 'merged', merged_at = now(), updated_at = now() "
-                "WHERE file_id = ANY(%s)",
-                ([f for f, _ in files],),
-            )
     summary = {
         "load_run_id": run_id,
+        "file_ids": [f for f, _ in files],  # the lifecycle marks these merged
         "files_merged": len(files),
         "extracts": {r.extract: r.as_dict() for r in results},
         "inferred_members": sum(sum(r.inferred.values()) for r in results),

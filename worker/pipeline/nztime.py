@@ -8,7 +8,7 @@ file name's DateExtracted and a row's timestamps never disagree.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 NZ = ZoneInfo("Pacific/Auckland")
@@ -21,5 +21,10 @@ def nz_local_to_utc(local: datetime) -> datetime:
     candidates = [local.replace(tzinfo=NZ, fold=fold) for fold in (0, 1)]
     # Of the two readings, the one with the smaller offset is standard time; when the time is ordinary
     # both readings are the same instant.
-    chosen = min(candidates, key=lambda c: c.utcoffset())
+    chosen = min(candidates, key=lambda c: c.utcoffset() or timedelta(0))
     return chosen.astimezone(timezone.utc)
+
+
+def nz_today() -> date:
+    """Today's date in New Zealand (the date a nightly run is for)."""
+    return datetime.now(NZ).date()

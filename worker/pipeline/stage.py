@@ -1,4 +1,7 @@
-"""Staging: one landed file from raw into stg.<t> and etl.rejects_<t>, by one generated statement."""
+"""Staging: one landed file from raw into stg.<t> and etl.rejects_<t>, by one generated statement.
+
+`stage_version` is the step; worker/pipeline/lifecycle.py runs it under the file's lock, records the
+file's state and commits."""
 
 from __future__ import annotations
 
@@ -6,14 +9,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import psycopg
-import psycopg.types.json
 
 from contracts.model import ExtractSpec
 from contracts.registry import get as get_spec
 from contracts.sql.staging import StagingSql, staging_sql
-from worker.log import bound, get_logger
+from worker.log import get_logger
 from worker.pipeline import dq, ledger
-from worker.pipeline.ledger import LockSpace
 
 log = get_logger(__name__)
 
@@ -38,41 +39,27 @@ def _statements(extract: str) -> StagingSql:
 
 
 def stage_file(conn: psycopg.Connection, file_id: int) -> StageResult:
-    """Stage one landed file (safe to call twice, or from two workers at once)."""
-    record = ledger.get(conn, file_id)
-    conn.commit()
-    with bound(load_run_id=record.load_run_id, s3_key=record.s3_key, file_id=file_id):
-        with conn.transaction():
-            ledger.lock(conn, LockSpace.STAGE, file_id)
-            record = ledger.get(conn, file_id, for_update=True)
-            if record.status != "landed":
-                return StageResult(file_id, "already")
-            spec = get_spec(record.extract)
-            result, outcome = _stage(conn, spec, record)
-            failures = outcome.failures
-            error = None
-            if failures:
-                error = "; ".join(
-                    f"dq {c.check_name}{'(' + c.column_name + ')' if c.column_name else ''}: "
-                    f"{c.observed:.4g} > {c.threshold:.4g}" for c in failures
-                )
-            dq.store(conn, record.load_run_id, file_id, spec.extract, outcome)
-            conn.execute(
-                "UPDATE etl.load_run_files SET status = %s, rows_staged = %s, rows_rejected = %s, "
-                "rows_superseded = %s, staged_at = now(), error = %s, error_detail = %s, updated_at = now() "
-                "WHERE file_id = %s",
-                (
-                    "failed" if failures else "staged", result.staged, result.rejected, result.superseded,
-                    f"{record.s3_key}: {error}" if error else None,
-                    psycopg.types.json.Jsonb({"stage": "dq", "retryable": False}) if error else None,
-                    file_id,
-                ),
-            )
-        if error:
-            log.error("file failed its data-quality thresholds", error=error)
-            return StageResult(file_id, "failed", result.staged, result.rejected, result.superseded, error)
-        log.info("file staged", staged=result.staged, rejected=result.rejected, superseded=result.superseded)
-        return result
+    """Stage one landed file through the lifecycle (its lock, state and commit); safe to call twice,
+    or from two workers at once. Kept for callers of the step by file id (bench, tests)."""
+    from worker.pipeline import lifecycle
+
+    return lifecycle.stage_file(conn, file_id)
+
+
+def stage_version(conn: psycopg.Connection, record: ledger.FileRecord) -> tuple[StageResult, str | None]:
+    """raw -> stg + rejects and the data-quality results for a landed file, in the caller's
+    transaction (worker/pipeline/lifecycle.py holds the file's lock and records the state); returns the
+    counts and the data-quality error that fails the file, if any. No commit, no state write."""
+    spec = get_spec(record.extract)
+    result, outcome = _stage(conn, spec, record)
+    error = None
+    if outcome.failures:
+        error = "; ".join(
+            f"dq {c.check_name}{'(' + c.column_name + ')' if c.column_name else ''}: "
+            f"{c.observed:.4g} > {c.threshold:.4g}" for c in outcome.failures
+        )
+    dq.store(conn, record.load_run_id, record.file_id, spec.extract, outcome)
+    return result, error
 
 
 def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecord) -> tuple[StageResult, dq.DqOutcome]:

@@ -29,6 +29,8 @@ from tests.conftest import REPO_ROOT
 from tests.integration.worker.pipeline.helpers import put_file, query, reset_data
 from worker.io.db import connect
 from worker.io.s3 import make_client
+from worker.pipeline import lifecycle
+from worker.pipeline.nztime import nz_today
 from worker.pipeline.run import Selection
 from worker.settings import Settings
 
@@ -207,8 +209,8 @@ def test_redelivered_and_duplicated_tasks_process_each_file_once(fresh):
     settings, client = fresh.settings, fresh.client
     selection = Selection()
     with connect(settings) as conn:
-        run_id = orchestration.create_run(conn, selection)
-        plan = orchestration.plan_or_resume(conn, make_client(settings), settings, run_id, selection)
+        run_id = orchestration.create_run(conn, selection, settings)
+        plan = lifecycle.plan_run(conn, make_client(settings), settings, selection, run_id)
     assert len(plan.file_ids) == len(files)
 
     def per_file(file_id: int):
@@ -232,13 +234,16 @@ def test_redelivered_and_duplicated_tasks_process_each_file_once(fresh):
         assert status == "merged" and attempts == 1, f.name  # one landing, whatever was sent
         assert _raw_rows(fresh, extract, file_id) == rows_read == f.row_count
 
-    # Beat's message delivered twice (same message id): one run, and nothing loaded again.
+    # Beat's message delivered twice (same message id), and a second beat's message: one run for the
+    # night, and nothing loaded again.
     message_id = str(uuid.uuid4())
     first = client.send_task("indici.nightly_run", task_id=message_id)
     client.send_task("indici.nightly_run", task_id=message_id)
+    second_beat = client.send_task("indici.nightly_run")
     first.get(timeout=60)
-    nightly = query(settings, "SELECT load_run_id FROM etl.load_runs WHERE params ->> 'request_key' = %s",
-                    (f"celery:{message_id}",))
+    second_beat.get(timeout=60)
+    nightly = query(settings, "SELECT load_run_id FROM etl.load_runs WHERE request_key = %s",
+                    (f"nightly:{nz_today().isoformat()}",))
     assert len(nightly) == 1
     summary = orchestration.wait_for_run(settings, nightly[0][0], timeout=60, poll=0.2)
     assert summary["status"] == "succeeded" and summary["files"] == 0 and summary["already_done"] == len(files)
@@ -288,8 +293,8 @@ def test_task_arguments_hold_only_ids_and_the_selection(fresh):
     selection = Selection(kind="backfill", date_from=date(2025, 8, 1), date_to=date(2025, 8, 31),
                           extracts=("Patients", "Vaccine"), key_prefix="685146_")
     with connect(settings) as conn:
-        run_id = orchestration.create_run(conn, Selection())
-        plan = orchestration.plan_or_resume(conn, make_client(settings), settings, run_id, Selection())
+        run_id = orchestration.create_run(conn, Selection(), settings)
+        plan = lifecycle.plan_run(conn, make_client(settings), settings, Selection(), run_id)
 
     canvas = run_signature(run_id, plan.file_ids)
     assert len(canvas.tasks) == len(files)  # one chain per file in the chord's header

@@ -13,7 +13,7 @@ from tests.conftest import SAMPLE_PATIENTS
 from tests.integration.worker.pipeline.helpers import put_fixture, query
 from worker.io.db import connect
 from worker.io.s3 import make_client
-from worker.pipeline import ledger
+from worker.pipeline import ledger, lifecycle
 from worker.pipeline.run import Selection
 
 pytestmark = pytest.mark.integration
@@ -26,9 +26,8 @@ def planned(pipeline_settings):
 
     put_fixture(make_client(pipeline_settings), pipeline_settings.s3_bucket, SAMPLE_PATIENTS)
     with connect(pipeline_settings) as conn:
-        run_id = orchestration.create_run(conn, Selection())
-        plan = orchestration.plan_or_resume(conn, make_client(pipeline_settings), pipeline_settings, run_id,
-                                            Selection())
+        run_id = orchestration.create_run(conn, Selection(), pipeline_settings)
+        plan = lifecycle.plan_run(conn, make_client(pipeline_settings), pipeline_settings, Selection(), run_id)
     (file_id,) = plan.file_ids
     return pipeline_settings, run_id, file_id
 
@@ -44,7 +43,7 @@ def test_an_infrastructure_error_is_retried_then_recorded_and_the_task_returns(p
         calls.append(1)
         raise psycopg.OperationalError("connection refused")
 
-    monkeypatch.setattr(tasks, "land_plain", unreachable)
+    monkeypatch.setattr(lifecycle, "land_version", unreachable)
     result = tasks.land_file.apply(args=(run_id, file_id))
     assert result.get() == {"file_id": file_id, "status": "failed"}  # returned: the chord goes on
     assert len(calls) == tasks.land_file.max_retries + 1  # bounded retries, then the failure is recorded
@@ -64,7 +63,7 @@ def test_an_unexpected_error_is_recorded_at_once(planned, monkeypatch):
         calls.append(1)
         raise RuntimeError("COPY stored 1 rows but the file has 2")
 
-    monkeypatch.setattr(tasks, "stage_plain", bug)
+    monkeypatch.setattr(lifecycle, "stage_version", bug)
     assert tasks.land_file.apply(args=(run_id, file_id)).get()["status"] == "landed"
     assert tasks.stage_file.apply(args=(run_id, file_id)).get() == {"file_id": file_id, "status": "failed"}
     assert len(calls) == 1  # not an infrastructure error: no retry
@@ -84,7 +83,7 @@ def test_a_failed_merge_fails_the_run_after_the_body_finalises_it(planned, monke
     def broken_merge(*args, **kwargs):
         raise ValueError("a merge statement failed")
 
-    monkeypatch.setattr(tasks, "merge_plain", broken_merge)
+    monkeypatch.setattr(lifecycle.merge_step, "merge_run", broken_merge)
     assert tasks.merge_run.apply(args=(run_id,)).get()["status"] == "failed"
     assert tasks.finalise_run.apply(args=(run_id,)).get()["status"] == "failed"
     status, error, finished = query(settings, "SELECT status, error, finished_at FROM etl.load_runs "
@@ -104,12 +103,12 @@ def test_the_errback_closes_a_run_whose_chord_failed(planned, monkeypatch):
 def test_enqueue_with_the_broker_down_leaves_no_running_orphan(pipeline_settings, monkeypatch):
     from kombu.exceptions import OperationalError
 
-    from worker import orchestration, tasks
+    from worker import orchestration
 
     def broker_down(*args, **kwargs):
         raise OperationalError("Error 111 connecting to redis:6379. Connection refused.")
 
-    monkeypatch.setattr(tasks.start_run, "delay", broker_down)
+    monkeypatch.setattr(orchestration, "send", broker_down)
     with pytest.raises(orchestration.EnqueueError):
         orchestration.enqueue_run(pipeline_settings, Selection())
     ((status, error, finished),) = query(pipeline_settings, "SELECT status, error, finished_at FROM etl.load_runs")

@@ -79,3 +79,13 @@ def test_the_app_reads_the_schedule_in_new_zealand_time():
             schedule = crontab(hour=NIGHTLY_LOCAL_TIME.hour, minute=NIGHTLY_LOCAL_TIME.minute,
                                nowfun=lambda now=now: now, app=app)
             assert schedule.is_due(yesterday).is_due is due, (day, minutes)
+
+
+def test_the_reconciler_runs_every_few_minutes_all_day():
+    from scheduler.beat import RECONCILE_EVERY_MINUTES, RECONCILE_TASK
+
+    entry = BEAT_SCHEDULE["reconcile"]
+    assert entry["task"] == RECONCILE_TASK == "indici.reconcile"
+    schedule = entry["schedule"]
+    assert schedule.minute == set(range(0, 60, RECONCILE_EVERY_MINUTES)) and schedule.hour == set(range(24))
+    assert entry["options"]["expires"] <= RECONCILE_EVERY_MINUTES * 60  # a late tick is dropped, not doubled

@@ -11,7 +11,7 @@ from worker.synth import build_series
 pytestmark = pytest.mark.integration
 
 
-def test_nightly_takes_the_newest_batch_then_catches_up_every_missed_one(pipeline_settings):
+def test_nightly_takes_every_batch_on_a_first_night_then_catches_up_every_missed_one(pipeline_settings):
     batches = build_series(seed=9, patients=5, practices=[(685146, 535)], deltas=3, extracts=["Vaccine"])
     s3 = make_client(pipeline_settings)
 
@@ -25,10 +25,11 @@ def test_nightly_takes_the_newest_batch_then_catches_up_every_missed_one(pipelin
         return [r[0] for r in rows]
 
     deliver(0, 1)
-    run(pipeline_settings)  # first run: only the newest batch (history is backfill's job)
-    assert loaded() == [batches[1].files[0].name]
+    first = run(pipeline_settings)  # first run: every batch available (a delta needs its full batch)
+    assert loaded() == [batches[0].files[0].name, batches[1].files[0].name]
+    assert first["first_load"] and "every available batch" in first["note"]
     deliver(2, 3)  # two deliveries before the next night: neither may be lost
     summary = run(pipeline_settings)
     assert summary["status"] == "succeeded" and summary["files"] == 2
-    assert loaded() == [batches[i].files[0].name for i in (1, 2, 3)]
+    assert loaded() == [batches[i].files[0].name for i in (0, 1, 2, 3)]
     assert run(pipeline_settings)["files"] == 0  # nothing new: nothing loaded
