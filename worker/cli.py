@@ -158,6 +158,13 @@ def _add_operator_commands(sub) -> None:
     mapping.add_argument("label", help="its meaning")
     mapping.add_argument("--by", default=None, help="who (recorded; default the operating-system user)")
 
+    restage = sub.add_parser("restage", help="replay an extract's raw rows through the current contract (after a "
+                             "contract fix), into stg and core, in a run of its own (audited)")
+    restage.add_argument("--extract", required=True, metavar="NAME", help="the extract whose files to restage")
+    restage.add_argument("--run", type=int, metavar="N", help="only the files of run N (default: every file "
+                         "of the extract that has rows in raw)")
+    restage.add_argument("--by", default=None, help="who (recorded; default the operating-system user)")
+
 
 _SETTINGS = None
 
@@ -524,6 +531,25 @@ def cmd_domains(args) -> int:
     return EXIT_OK
 
 
+def cmd_restage(args) -> int:
+    from worker import preflight
+    from worker.io.db import connect
+    from worker.pipeline.operator import default_actor
+    from worker.pipeline.restage import RestageError, restage
+
+    settings = _settings()
+    (extract,) = preflight.resolve_extracts([args.extract])
+    preflight.check_nhi_key(settings, (extract,))
+    try:
+        with connect(settings) as conn:
+            summary = restage(conn, settings, extract, args.run, args.by or default_actor())
+    except RestageError as exc:
+        print(f"restage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print_summary(summary)
+    return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+
+
 COMMANDS = {
     "migrate": cmd_migrate,
     "run": cmd_run,
@@ -536,6 +562,7 @@ COMMANDS = {
     "skipped": cmd_skipped,
     "config": cmd_config,
     "domains": cmd_domains,
+    "restage": cmd_restage,
     "grant-login": cmd_grant_login,
     "bind-org": cmd_bind_org,
     "unbind-org": cmd_unbind_org,
