@@ -122,7 +122,7 @@ def _replay(conn: psycopg.Connection, run_id: int, file_ids: list[int], settings
         for file_id in file_ids:
             try:
                 stage_file(conn, file_id)
-            except Exception as exc:  # one file's failure never stops the others (as in a run)
+            except Exception as exc:  # noqa: BLE001 (one file's failure never stops the others, as in a run)
                 conn.rollback()
                 record = ledger.get(conn, file_id)
                 ledger.mark_failed(conn, file_id, f"{record.s3_key}: {type(exc).__name__}: {exc}",

@@ -31,7 +31,7 @@ def _cli(settings, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": settings.database_url.get_secret_value(),
            "DB_ROLE_PREFIX": settings.db_role_prefix,
            "NHI_HMAC_KEY": settings.nhi_hmac_key.get_secret_value()}
-    return subprocess.run([sys.executable, "-m", "worker.cli", "--log-level", "ERROR", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "worker.cli", "--log-level", "ERROR", *args], check=False, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
