@@ -15,7 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from worker.log import bound, get_logger
-from worker.pipeline import anomalies, discovery, ledger, notify
+from worker.pipeline import anomalies, discovery, ledger, notify, relaxed
 from worker.pipeline.identity import ConfigurationError
 from worker.pipeline.land import land_file
 from worker.pipeline.merge import merge_run
@@ -136,6 +136,8 @@ def finalise_run(conn: psycopg.Connection, run_id: int, started: float | None = 
         summary["seconds"] = round(time.monotonic() - started, 3)
     summary.update(extra or {})
     summary["anomalies"] = [a.as_dict() for a in anomalies.evaluate_run(conn, run_id)]  # ops hook (issue 9)
+    if used := relaxed.uses(conn, run_id):  # ops hook (issue 9): relaxed thresholds, each use recorded
+        summary["relaxed_thresholds"] = used
     conn.execute(
         "UPDATE etl.load_runs SET status = %s, summary = %s, finished_at = now() WHERE load_run_id = %s",
         (status, Jsonb(summary), run_id),
