@@ -225,16 +225,20 @@ def _run(args, selection) -> int:
         if not args.wait:
             print_summary({"load_run_id": run_id, "status": "running"})
             return EXIT_OK
+        from worker.progress import RunProgress
+
         try:
-            summary = orchestration.wait_for_run(
-                settings, run_id, progress=orchestration.FileProgress(run_id, _print_progress))
+            with RunProgress(run_id) as shown:  # live at a terminal, plain lines otherwise
+                summary = orchestration.wait_for_run(settings, run_id, progress=shown)  # type: ignore[arg-type]
         except KeyboardInterrupt:
             print(f"stopped waiting; run {run_id} goes on in the workers", file=sys.stderr)
             return EXIT_FAILED
         print_summary(summary)
         return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
-    with connect(settings) as conn:
-        summary = run_inline(conn, make_client(settings), settings, selection, progress=_print_progress)
+    from worker.progress import for_settings
+
+    with connect(settings) as conn, for_settings(settings) as shown:
+        summary = run_inline(conn, make_client(settings), settings, selection, progress=shown)
     print_summary(summary)
     return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
 
