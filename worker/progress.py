@@ -1,8 +1,8 @@
 """Progress of a run as a person follows it: a live display at a terminal, plain lines otherwise.
 
 At a terminal (rich): files done of total with a bar, rows and MB per second since the display started,
-and a table of the files still in flight with the stage each is in; each finished file also leaves a
-line above the display. Elsewhere (a pipe, a log file, CI): only the lines, one per finished file,
+and a table of the files still in flight with the step each is in or waits for (land, stage,
+merge); each finished file also leaves a line above the display. Elsewhere (a pipe, a log file, CI): only the lines, one per finished file,
 each with the throughput so far, so logs stay readable and greppable:
 
     [3/12] merged    Patients               rows=300 staged=298 rejected=2  <key>  (1,234 rows/s, 0.52 MB/s)
@@ -33,8 +33,9 @@ import psycopg
 
 # A file whose own work is over (staged files still wait for the run's merge).
 DONE = ("staged", "merged", "duplicate", "skipped", "failed")
-# What a file that is not done is doing: the ledger's status is where it has got to.
-STAGE_OF = {"pending": "landing", "landed": "staging", "staged": "waiting for the merge"}
+# A file's stage, from where the ledger says it has got to: the step it is in or waits for (a worker may
+# be on it, or it is queued; the ledger does not tell those apart).
+STAGE_OF = {"pending": "land", "landed": "stage", "staged": "merge"}
 MB = 1024 * 1024
 
 
@@ -115,10 +116,13 @@ class RunProgress:
         self.render(self._files, total)
 
     def close(self) -> None:
+        """End the display: the live part goes, one line with the totals stays."""
         if self._display is not None:
-            self._display.update(self._renderable(self._files), refresh=True)
+            if self._conn is not None and self.run_id is not None:
+                self._files = _files(self._conn, self.run_id)  # the final statuses (after the merge)
             self._display.stop()
             self._display = None
+            self._console.print(self._headline(self._files), markup=False, highlight=False)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -176,34 +180,40 @@ class RunProgress:
 
         if self._display is None:
             self._display = Live(self._renderable(files, total), console=self._console, refresh_per_second=4,
-                                 transient=False)
+                                 transient=True)
             self._display.start()
         else:
             self._display.update(self._renderable(files, total))
+
+    def _headline(self, files: list[FileLine], total: int | None = None) -> str:
+        done, count = self.counts(total)
+        rows_s, mb_s, seconds = self.throughput()
+        rows = sum(f.rows_read or 0 for f in files)
+        failed = sum(1 for f in files if f.status == "failed")
+        return (f"run {self.run_id}: {done}/{count} files done" + (f", {failed} failed" if failed else "")
+                + f" · {rows:,} rows · {rows_s:,.0f} rows/s · {mb_s:.2f} MB/s · {seconds:.0f}s")
 
     def _renderable(self, files: list[FileLine], total: int | None = None) -> Any:
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
-        from rich.text import Text
 
         done, count = self.counts(total)
-        rows_s, mb_s, seconds = self.throughput()
-        rows = sum(f.rows_read or 0 for f in files)
-        failed = sum(1 for f in files if f.status == "failed")
-        head = Text(f"run {self.run_id}: {done}/{count} files done" + (f", {failed} failed" if failed else "")
-                    + f" · {rows:,} rows · {rows_s:,.0f} rows/s · {mb_s:.2f} MB/s · {seconds:.0f}s")
-        bar = ProgressBar(total=max(count, 1), completed=done, width=40)
-        busy = [f for f in files if f.status not in DONE or f.status == "staged"]
+        head = Table.grid(padding=(0, 1))
+        head.add_row(ProgressBar(total=max(count, 1), completed=done, width=30), self._headline(files, total))
+        busy = [f for f in files if f.status not in DONE]
+        waiting = sum(1 for f in files if f.status == "staged")
         table = Table(box=None, show_header=bool(busy), pad_edge=False)
-        for column in ("stage", "extract", "rows", "file"):
+        for column in ("step", "extract", "rows", "file"):
             table.add_column(column, no_wrap=True, overflow="ellipsis")
-        for f in busy[:12]:
+        for f in busy[:10]:
             table.add_row(STAGE_OF.get(f.status, f.status), f.extract,
                           "-" if f.rows_read is None else f"{f.rows_read:,}", f.s3_key)
-        if len(busy) > 12:
-            table.add_row("", f"... {len(busy) - 12} more", "", "")
-        return Group(head, bar, table)
+        if len(busy) > 10:
+            table.add_row("", f"... {len(busy) - 10} more", "", "")
+        if waiting:
+            table.add_row(STAGE_OF["staged"], f"{waiting} files staged", "", "")
+        return Group(head, table)
 
     def _own_connection(self) -> psycopg.Connection:
         if self._conn is None:

@@ -93,4 +93,6 @@ def test_the_display_shows_each_file_s_stage_from_the_ledger(pipeline_settings):
         progress.close()
     text = ANSI.sub("", out.getvalue())
     assert f"run {plan.run_id}: 0/{len(files)} files done" in text
-    assert text.count("landing") >= len(files) - 1 and "staging" in text
+    steps = re.findall(r"^(land|stage)\s+\w+\s+\S+\s+(\S+)\s*$", text, re.MULTILINE)
+    assert {key for _, key in steps} == {f.name for f in files}
+    assert sorted(step for step, _ in steps) == ["land"] * (len(files) - 1) + ["stage"]
