@@ -8,12 +8,10 @@ Tornado executes this file and takes the globals named like Flower's options. Fl
 log lines are JSON like the rest of the service (worker/log.py), at LOG_LEVEL (default INFO).
 """
 
-import os as _os
-
 from worker.log import configure_stdlib as _json_logs
 from worker.settings import get_settings
 
-_json_logs(_os.environ.get("LOG_LEVEL", "INFO"))
+_json_logs(get_settings().log_level)
 
 _auth = get_settings().flower_basic_auth
 if _auth is None or not _auth.get_secret_value().strip():

@@ -116,13 +116,13 @@ def _level_given_on_command_line(argv: list[str]) -> bool:
 
 def process_level(celery_level: str | int | None, argv: list[str] | None = None) -> str:
     """The level a Celery process logs at: `--loglevel` when given, else LOG_LEVEL, else INFO (Celery's
-    default, WARNING, hides every line of a successful night)."""
-    import os
+    default, WARNING, hides every line of a successful night); LOG_LEVEL is worker/settings.py's log_level."""
+    from worker.settings import get_settings
 
     argv = sys.argv if argv is None else argv
     if celery_level is not None and _level_given_on_command_line(argv):
         return logging.getLevelName(celery_level) if isinstance(celery_level, int) else str(celery_level).upper()
-    return os.environ.get("LOG_LEVEL", DEFAULT_LEVEL).upper()
+    return get_settings().log_level
 
 
 _process_level = DEFAULT_LEVEL
