@@ -9,13 +9,14 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.integration.worker.pipeline.helpers import reset_data
+from tests.integration.worker.pipeline.helpers import reset_config, reset_data
 from worker.demo import DEMO_FAULTS, demo_start
 from worker.io.db import connect
 from worker.io.s3 import make_client
@@ -85,7 +86,7 @@ class Loaded:
 
 
 @pytest.fixture(scope="module")
-def loaded(migrated_db, s3_server) -> Loaded:
+def loaded(migrated_db, s3_server) -> Iterator[Loaded]:
     """The demo's three nights (inline) into the session database and a fresh versioned bucket, plus a run
     that has been 'running' for three hours without progress."""
     bucket = f"indici-runbook-{uuid.uuid4().hex[:10]}"
@@ -93,6 +94,7 @@ def loaded(migrated_db, s3_server) -> Loaded:
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "ap-southeast-2"})
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     reset_data(migrated_db.url)
+    reset_config(migrated_db.url)
     secrets = {"S3_BUCKET": bucket, "S3_ENDPOINT_URL": s3_server.endpoint_url, "AWS_ACCESS_KEY_ID": "testing",
                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "ap-southeast-2",
                "NHI_HMAC_KEY": "runbook-test-nhi-hmac-key-of-32-bytes-or-more"}
@@ -120,7 +122,8 @@ def loaded(migrated_db, s3_server) -> Loaded:
     env.update({"DATABASE_URL": migrated_db.url, "DB_ROLE_PREFIX": migrated_db.role_prefix,
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
                 **{name.upper(): str(value) for name, value in variables.items()}})
-    return Loaded(migrated_db.url, env, variables, stuck)
+    yield Loaded(migrated_db.url, env, variables, stuck)
+    reset_config(migrated_db.url)  # the runbook's `config set`s never reach another module's tests
 
 
 def test_every_block_has_a_known_fence_and_every_untested_one_says_why():

@@ -6,6 +6,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 import psycopg
 
@@ -34,7 +35,8 @@ def query(settings, statement, params=None) -> list[tuple]:
 
 
 def reset_data(url: str) -> None:
-    """Empty every data table of the session database (tests share one migrated database)."""
+    """Empty every data table of the session database (tests share one migrated database); etl.config
+    is kept (see reset_config)."""
     with psycopg.connect(url, autocommit=True) as conn:
         tables = conn.execute(
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
@@ -51,7 +53,7 @@ class Receiver:
         self.received = received
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 received.append({"path": self.path, **json.loads(body)})
                 self.send_response(status)
@@ -68,10 +70,22 @@ class Receiver:
     def url(self) -> str:
         return f"json://127.0.0.1:{self.server.server_address[1]}/hooks/indici"
 
-    def __enter__(self) -> "Receiver":
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def reset_config(url: str) -> None:
+    """etl.config back to what migrate wrote: a test that sets operator values (config set) calls it
+    before and after, so its values never change another test's thresholds, deliveries or tolerances."""
+    from worker.pipeline.migrate import contract_defaults
+
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM etl.config")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO etl.config (extract, key, value, source) VALUES (%s, %s, %s, 'contract')",
+                            [(e, k, json.dumps(v)) for e, k, v in contract_defaults()])
