@@ -4,10 +4,14 @@ Basic auth comes from the FLOWER_BASIC_AUTH setting (worker/settings.py; `user:p
 for several, or FLOWER_BASIC_AUTH_FILE), and Flower refuses to start without it: its UI can revoke
 tasks and shut workers down. It listens on this machine only unless `--address` says otherwise (the
 compose file gives 0.0.0.0 inside the container and publishes the port on 127.0.0.1 only).
-Tornado executes this file and takes the globals named like Flower's options.
+Tornado executes this file and takes the globals named like Flower's options. Flower's and tornado's
+log lines are JSON like the rest of the service (worker/log.py), at LOG_LEVEL (default INFO).
 """
 
+from worker.log import configure_stdlib as _json_logs
 from worker.settings import get_settings
+
+_json_logs(get_settings().log_level)
 
 _auth = get_settings().flower_basic_auth
 if _auth is None or not _auth.get_secret_value().strip():

@@ -30,11 +30,7 @@ Delivery choices, and why:
 
 from __future__ import annotations
 
-import logging
-import sys
-
-import structlog
-from celery import Celery, signals
+from celery import Celery
 from kombu import Queue
 
 from scheduler import BEAT_SCHEDULE
@@ -114,40 +110,8 @@ def connection_error(timeout: float = 2.0) -> str | None:
 # -- logging -----------------------------------------------------------------------------------------
 def configure_logging(level: str | int = "INFO") -> None:
     """JSON lines on stderr for the pipeline (structlog) and for Celery's own messages (stdlib)."""
-    name = logging.getLevelName(level) if isinstance(level, int) else str(level).upper()
-    log.configure(name)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[
-                structlog.stdlib.add_log_level,
-                structlog.stdlib.add_logger_name,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-            ],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                log.Redacting(structlog.processors.JSONRenderer()),
-            ],
-        )
-    )
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(name)
+    log.configure_stdlib(level)
 
 
-_level: str | int = "INFO"
-
-
-@signals.setup_logging.connect
-def _on_setup_logging(loglevel=None, **_kwargs) -> None:
-    """Connected, so Celery leaves logging to us (worker and beat main processes)."""
-    global _level
-    _level = loglevel or "INFO"
-    configure_logging(_level)
-
-
-@signals.worker_process_init.connect
-def _on_worker_process_init(**_kwargs) -> None:
-    """Each prefork child configures again: nothing logged before the fork is assumed to carry over."""
-    configure_logging(_level)
+# Celery leaves logging to worker/log.py (INFO unless --loglevel says otherwise; the banner as JSON).
+log.connect_celery_signals()

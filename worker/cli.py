@@ -167,6 +167,13 @@ def _add_operator_commands(sub) -> None:
     mapping.add_argument("label", help="its meaning")
     mapping.add_argument("--by", default=None, help="who (recorded; default the operating-system user)")
 
+    restage = sub.add_parser("restage", help="replay an extract's raw rows through the current contract (after a "
+                             "contract fix), into stg and core, in a run of its own (audited)")
+    restage.add_argument("--extract", required=True, metavar="NAME", help="the extract whose files to restage")
+    restage.add_argument("--run", type=int, metavar="N", help="only the files of run N (default: every file "
+                         "of the extract that has rows in raw)")
+    restage.add_argument("--by", default=None, help="who (recorded; default the operating-system user)")
+
 
 _SETTINGS = None
 
@@ -190,15 +197,6 @@ def cmd_migrate(args) -> int:
     upgrade(_settings())
     print("database is at the latest revision")
     return EXIT_OK
-
-
-def _print_progress(index: int, total: int, record) -> None:
-    rows = record.rows_read if record.rows_read is not None else "-"
-    extra = f" staged={record.rows_staged} rejected={record.rows_rejected}" if record.rows_staged is not None else ""
-    print(f"[{index}/{total}] {record.status:<9} {record.extract:<22} rows={rows}{extra}  {record.s3_key}",
-          flush=True)
-    if record.status == "failed" and record.error:
-        print(f"        error: {record.error}", flush=True)
 
 
 def print_summary(summary: dict) -> None:
@@ -234,8 +232,10 @@ def _run(args, selection) -> int:
                   f"with `indici-ingest status {run_id} --follow`", file=sys.stderr)
             return EXIT_FAILED
         return _follow(settings, run_id, args.timeout)
-    with connect(settings) as conn:
-        summary = run_inline(conn, make_client(settings), settings, selection, progress=_print_progress)
+    from worker.progress import for_settings
+
+    with connect(settings) as conn, for_settings(settings) as shown:
+        summary = run_inline(conn, make_client(settings), settings, selection, progress=shown)
     print_summary(summary)
     return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
 
@@ -243,9 +243,11 @@ def _run(args, selection) -> int:
 def _follow(settings, run_id: int, timeout: float | None) -> int:
     from worker import orchestration
 
+    from worker.progress import RunProgress
+
     try:
-        summary = orchestration.wait_for_run(
-            settings, run_id, timeout=timeout, progress=orchestration.FileProgress(run_id, _print_progress))
+        with RunProgress(run_id) as shown:  # live at a terminal, plain lines otherwise
+            summary = orchestration.wait_for_run(settings, run_id, timeout=timeout, progress=shown)
     except KeyboardInterrupt:
         print(f"stopped waiting; run {run_id} goes on in the workers", file=sys.stderr)
         return EXIT_FAILED
@@ -564,6 +566,25 @@ def cmd_domains(args) -> int:
     return EXIT_OK
 
 
+def cmd_restage(args) -> int:
+    from worker import preflight
+    from worker.io.db import connect
+    from worker.pipeline.operator import default_actor
+    from worker.pipeline.restage import RestageError, restage
+
+    settings = _settings()
+    (extract,) = preflight.resolve_extracts([args.extract])
+    preflight.check_nhi_key(settings, (extract,))
+    try:
+        with connect(settings) as conn:
+            summary = restage(conn, settings, extract, args.run, args.by or default_actor())
+    except RestageError as exc:
+        print(f"restage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print_summary(summary)
+    return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+
+
 COMMANDS = {
     "migrate": cmd_migrate,
     "run": cmd_run,
@@ -577,6 +598,7 @@ COMMANDS = {
     "skipped": cmd_skipped,
     "config": cmd_config,
     "domains": cmd_domains,
+    "restage": cmd_restage,
     "grant-login": cmd_grant_login,
     "bind-org": cmd_bind_org,
     "unbind-org": cmd_unbind_org,

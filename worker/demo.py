@@ -175,11 +175,11 @@ def _section(title: str) -> None:
 
 def run_demo(patients: int = 300, keep: bool = False, inline: bool = False, fresh: bool = False,
              external: bool = False) -> int:
-    from worker.cli import _print_progress
     from worker.io.db import connect
     from worker.io.s3 import make_client
     from worker.pipeline.migrate import upgrade
     from worker.pipeline.run import run_inline
+    from worker.progress import for_settings
     from worker.settings import Settings, get_settings
     from worker.synth import build_series, write_s3
 
@@ -238,10 +238,10 @@ def run_demo(patients: int = 300, keep: bool = False, inline: bool = False, fres
             _section(f"night {batch.index + 1}: {batch.kind} batch extracted {batch.date_extracted:%Y-%m-%d %H:%M}")
             write_s3(batch.files, settings.s3_bucket, settings.s3_prefix, s3)
             if inline:
-                with connect(settings) as conn:
-                    summary = run_inline(conn, s3, settings, Selection(), progress=_print_progress)
+                with connect(settings) as conn, for_settings(settings) as shown:
+                    summary = run_inline(conn, s3, settings, Selection(), progress=shown)
             else:
-                summary = _nightly_via_celery(settings, _print_progress)
+                summary = _nightly_via_celery(settings)
             summaries.append(summary)
             print(f"run {summary['load_run_id']}: {summary['status']} - {summary['files']} files, "
                   f"{summary['rows_read']} rows read, {summary['rows_staged']} staged, "
@@ -299,13 +299,15 @@ def _what_is_there(conn: psycopg.Connection) -> str | None:
 
 
 
-def _nightly_via_celery(settings, printer) -> dict:
-    """What beat does every night, then wait for the workers to finish it."""
+def _nightly_via_celery(settings) -> dict:
+    """What beat does every night, then wait for the workers to finish it (live progress at a terminal)."""
     from worker import orchestration
+    from worker.progress import RunProgress
 
     run_id = orchestration.enqueue_run(settings, Selection())
-    return orchestration.wait_for_run(settings, run_id, timeout=1800, poll=0.5,
-                                      progress=orchestration.FileProgress(run_id, printer))
+    with RunProgress(run_id) as shown:
+        return orchestration.wait_for_run(settings, run_id, timeout=1800, poll=0.5,
+                                          progress=shown)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -136,6 +136,13 @@ def print_file(index: int, total: int, record: ledger.FileRecord) -> None:
         print(f"        error: {record.error}", flush=True)
 
 
+class RunProgressView(Protocol):
+    """What `wait_for_run` shows progress through: FileProgress here, worker.progress.RunProgress at
+    a terminal. `update` reads the ledger and returns (files done, files in the run)."""
+
+    def update(self, conn: psycopg.Connection) -> tuple[int, int]: ...
+
+
 class FileProgress:
     """Prints each file of a run once when its chain ends (again if a failed file is later retried
     successfully), counting files done out of the run's total from etl.load_run_files."""
@@ -181,7 +188,7 @@ def wait_for_run(
     run_id: int,
     timeout: float | None = None,
     poll: float = 2.0,
-    progress: FileProgress | None = None,
+    progress: RunProgressView | None = None,
 ) -> dict[str, Any]:
     """Block until the run is no longer 'running' in etl.load_runs; returns its summary
     (`load_run_id`, `status` and the stored summary). Raises RunTimeout after `timeout` seconds."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
@@ -171,6 +171,11 @@ class Settings(BaseSettings):
         the longest retry countdown (worker/tasks.py), so a message is never redelivered while its task
         can still be running."""
         return self.task_time_limit + 600 + 5 * 60
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(default="INFO",
+                                                                                validation_alias="LOG_LEVEL")
+    """Level of the JSON log lines of the Celery worker, beat and Flower when their command line gives no
+    `--loglevel` (Celery's own default, WARNING, would hide every line of a successful night). The CLI
+    takes `--log-level` instead."""
 
     @classmethod
     def settings_customise_sources(
@@ -182,6 +187,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, SecretFileSource(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("nhi_hmac_key", "nhi_hmac_key_previous", mode="before")
     @classmethod

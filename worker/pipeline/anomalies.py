@@ -1,7 +1,8 @@
 """Anomalies: a run's load of an extract against the median of that extract's recent loads.
 
 A *load* is the set of files of one extract that one run brought into core (etl.load_run_files rows of
-the run with status 'merged'). Four metrics per load:
+the run with status 'merged'); a restage run's files are no load (they are earlier deliveries replayed).
+Four metrics per load:
 
 - rows: rows read;
 - reject_rate: rows rejected / rows read;
@@ -84,7 +85,11 @@ class LoadMetrics:
 def _loads(conn: psycopg.Connection, extract: str | None, run_id: int | None, before: int | None,
            limit: int | None) -> list[tuple[int, str, int, int, int, list[int]]]:
     """(run, extract, rows read, staged, rejected, file ids) of merged loads, newest run first."""
-    conditions = [sql.SQL("status = 'merged'")]
+    # A restage run (worker/pipeline/restage.py) replays files of earlier deliveries: not a load of its
+    # own to judge, nor one to judge others by.
+    conditions = [sql.SQL("status = 'merged'"), sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM etl.load_runs r WHERE r.load_run_id = etl.load_run_files.load_run_id "
+        "AND r.kind = 'restage')")]
     params: list[Any] = []
     if extract is not None:
         conditions.append(sql.SQL("extract = %s"))

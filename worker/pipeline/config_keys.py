@@ -78,6 +78,40 @@ def _batches(value: Any, spec: ExtractSpec | None) -> list[str]:
     return list(values)
 
 
+def _relaxed(value: Any, spec: ExtractSpec | None) -> dict[str, Any] | None:
+    """{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD", "max_reject_rate": r, "max_null_rate": {...},
+    "reason": "..."}: thresholds for files whose DateExtracted (NZ date) is in [from, to]; null clears."""
+    from datetime import date
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigValueError('expected {"from": "2025-08-01", "to": "2025-08-31", "max_reject_rate": 0.2, '
+                               '"reason": "..."} (or null to clear)')
+    unknown = set(value) - {"from", "to", "max_reject_rate", "max_null_rate", "reason"}
+    if unknown:
+        raise ConfigValueError(f"unknown fields {sorted(unknown)}: from, to, max_reject_rate, max_null_rate, reason")
+    out: dict[str, Any] = {}
+    for end in ("from", "to"):
+        try:
+            out[end] = date.fromisoformat(str(value[end])).isoformat()
+        except KeyError:
+            raise ConfigValueError(f'"{end}" is required (a DateExtracted day, YYYY-MM-DD)') from None
+        except ValueError:
+            raise ConfigValueError(f'"{end}": {value[end]!r} is not a date (YYYY-MM-DD)') from None
+    if out["from"] > out["to"]:
+        raise ConfigValueError('"from" must not be after "to"')
+    if "max_reject_rate" not in value and "max_null_rate" not in value:
+        raise ConfigValueError("say which threshold is relaxed: max_reject_rate and/or max_null_rate")
+    if "max_reject_rate" in value:
+        out["max_reject_rate"] = _number(0, 1)(value["max_reject_rate"], spec)
+    if "max_null_rate" in value:
+        out["max_null_rate"] = _null_rates(value["max_null_rate"], spec)
+    if "reason" in value:
+        out["reason"] = str(value["reason"])[:300]
+    return out
+
+
 @dataclass(frozen=True)
 class ConfigKey:
     name: str
@@ -95,6 +129,9 @@ KEYS: dict[str, ConfigKey] = {k.name: k for k in (
               _number(0, integer=True), "extract"),
     ConfigKey("full_file_deletes", "whether a full file removes the rows it no longer holds", _boolean, "extract",
               False),
+    ConfigKey("relaxed_thresholds", "relaxed max_reject_rate / max_null_rate for files whose DateExtracted is "
+              "in a window (a backfill of messier history); every use is recorded in the run's summary",
+              _relaxed, "extract", None),
     ConfigKey("full_batches", "which batches (DateExtracted yyMMddHHmm, NZ) are full extracts", _batches, "any",
               []),
     ConfigKey("expected_delivery", "how often a batch is expected: " + ", ".join(DELIVERY_DAYS), _delivery, "any",

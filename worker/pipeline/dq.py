@@ -10,7 +10,7 @@ from psycopg.types.json import Jsonb
 
 from contracts import naming
 from contracts.model import ExtractSpec
-from worker.pipeline import config
+from worker.pipeline import config, relaxed
 
 
 @dataclass
@@ -117,7 +117,8 @@ def evaluate(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int,
              superseded: int) -> DqOutcome:
     """Compute the checks of one file (no writes)."""
     outcome = DqOutcome()
-    max_reject_rate = float(config.get_value(conn, spec.extract, "max_reject_rate", spec.dq.max_reject_rate))
+    held_to = relaxed.for_file(conn, spec, file_id)  # ops (issue 9): a window's relaxed thresholds, recorded
+    max_reject_rate = held_to.max_reject_rate
     reject_rate = (rejected / rows_read) if rows_read else 0.0
     min_rows = int(config.get_value(conn, spec.extract, "min_rows_for_rates", spec.dq.min_rows_for_rates))
     rates_apply = rows_read >= min_rows
@@ -129,7 +130,8 @@ def evaluate(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int,
         Check("reconciliation", rows_read == staged + rejected + superseded, staged + rejected + superseded,
               rows_read),
         Check("reject_rate", reject_rate <= max_reject_rate or not rates_apply, reject_rate, max_reject_rate,
-              detail=None if rates_apply else {"not_applied": f"fewer than {min_rows} rows"}),
+              detail={**({} if rates_apply else {"not_applied": f"fewer than {min_rows} rows"}),
+                      **relaxed.detail(held_to, "max_reject_rate")} or None),
     ]
     for column, rule, severity, count in _rule_counts(conn, spec, file_id):
         outcome.checks.append(
@@ -138,11 +140,11 @@ def evaluate(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int,
     required = [c.column for c in spec.columns if c.required or c.column in spec.natural_key]
     for column, rate in _empty_rates(conn, spec, file_id, required).items():
         outcome.checks.append(Check("empty_rate", True, rate, column_name=column, rule="required"))
-    limits = config.get_value(conn, spec.extract, "max_null_rate", spec.dq.max_null_rate) or {}
+    limits = held_to.max_null_rate
     for column, rate in _stg_null_rates(conn, spec, file_id, sorted(limits)).items():
         outcome.checks.append(
             Check("null_rate", rate <= float(limits[column]) or not rates_apply, rate, float(limits[column]),
-                  column_name=column)
+                  column_name=column, detail=relaxed.detail(held_to, "max_null_rate", column) or None)
         )
     for column, values in _unmapped(conn, spec, file_id).items():
         outcome.checks.append(

@@ -285,8 +285,8 @@ def take_lease(conn: psycopg.Connection, file_id: int, seconds: float, holder: s
 
 
 def _transition(conn: psycopg.Connection, file_id: int, new: FileStatus, assignments: str,
-                params: dict[str, Any]) -> None:
-    allowed = [s.value for s in FILE_TRANSITIONS[new]]
+                params: dict[str, Any], from_states: Collection[FileStatus] | None = None) -> None:
+    allowed = [s.value for s in (FILE_TRANSITIONS[new] if from_states is None else from_states)]
     row = conn.execute(
         "UPDATE etl.load_run_files SET status = %(new)s, " + assignments + ", lease_expires_at = NULL, "
         "updated_at = now() WHERE file_id = %(file_id)s AND status = ANY(%(allowed)s) RETURNING file_id",
@@ -303,7 +303,8 @@ def mark_landed(conn: psycopg.Connection, file_id: int, *, file_hash: str, encod
     _transition(conn, file_id, FileStatus.LANDED,
                 "file_hash = %(hash)s, encoding = %(encoding)s, rows_read = %(read)s, rows_raw = %(raw)s, "
                 "landed_at = %(at)s, attempts = attempts + 1, error = NULL, error_detail = NULL",
-                {"hash": file_hash, "encoding": encoding, "read": rows_read, "raw": rows_raw, "at": landed_at})
+                {"hash": file_hash, "encoding": encoding, "read": rows_read, "raw": rows_raw, "at": landed_at},
+                from_states=(FileStatus.PENDING, FileStatus.FAILED))  # staged/merged -> landed: restage only
 
 
 def mark_duplicate(conn: psycopg.Connection, file_id: int, *, duplicate_of: int, file_hash: str) -> None:
@@ -322,6 +323,26 @@ def mark_staged(conn: psycopg.Connection, file_id: int, *, staged: int, rejected
                 "staged_at = now(), error = %(error)s, error_detail = %(detail)s",
                 {"staged": staged, "rejected": rejected, "superseded": superseded, "error": error,
                  "detail": Jsonb({"stage": "dq", "retryable": False}) if error else None})
+
+
+# Restage (worker/pipeline/restage.py) replays a file's raw rows: these states go back to `landed`.
+RESTAGE_FROM = (FileStatus.STAGED, FileStatus.MERGED, FileStatus.FAILED)
+
+
+def mark_restaging(conn: psycopg.Connection, file_id: int, run_id: int) -> None:
+    """A staged, merged or failed file back to `landed`, in the restage run `run_id`, its staging counts
+    cleared (its stg rows, rejects and checks are removed by the caller in the same transaction)."""
+    row = conn.execute(
+        "UPDATE etl.load_run_files SET status = %(new)s, load_run_id = %(run)s, error = NULL, error_detail = NULL, "
+        "rows_staged = NULL, rows_rejected = NULL, rows_superseded = NULL, staged_at = NULL, merged_at = NULL, "
+        "lease_expires_at = NULL, updated_at = now() "
+        "WHERE file_id = %(file_id)s AND status = ANY(%(allowed)s) RETURNING file_id",
+        {"new": FileStatus.LANDED.value, "run": run_id, "file_id": file_id,
+         "allowed": [s.value for s in RESTAGE_FROM]},
+    ).fetchone()
+    if row is None:
+        raise InvalidTransition(f"file {file_id} is {get(conn, file_id).status}: only a staged, merged or failed "
+                                "file is restaged")
 
 
 def mark_failed(conn: psycopg.Connection, file_id: int, error: str, detail: dict[str, Any], retryable: bool) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -50,7 +50,7 @@ from psycopg.types.json import Jsonb
 
 from worker.io.indici_reader import IndiciFormatError
 from worker.log import bound, get_logger
-from worker.pipeline import anomalies, discovery, ledger, notify
+from worker.pipeline import anomalies, discovery, ledger, notify, relaxed
 from worker.pipeline import merge as merge_step
 from worker.pipeline.identity import ConfigurationError
 from worker.pipeline.land import LandResult, land_version
@@ -73,6 +73,7 @@ __all__ = [
     "RunStatus", "check_file_transition", "check_run_transition", "Selection", "RunPlan", "OpenedRun", "Step",
     "StepOutcome", "TRANSIENT_ERRORS", "open_run", "plan_run", "land_file", "stage_file", "run_file_step",
     "process_file", "merge", "record_run_error", "close_run", "fail_run", "reconcile", "request_reprocess",
+    "open_operator_run", "return_to_landed",
 ]
 
 log = get_logger(__name__)
@@ -527,6 +528,8 @@ def close_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
             summary["note"] = ("first load of " + ", ".join(summary["first_load"])
                                + ": every available batch was loaded")
         summary["anomalies"] = [a.as_dict() for a in anomalies.evaluate_run(conn, run_id)]  # ops hook (issue 9)
+        if used := relaxed.uses(conn, run_id):  # ops hook (issue 9): each use of a relaxed threshold
+            summary["relaxed_thresholds"] = used
         conn.execute(
             "UPDATE etl.load_runs SET status = %s, summary = %s, finished_at = now(), lease_expires_at = NULL "
             "WHERE load_run_id = %s AND status = 'running'",
@@ -536,6 +539,44 @@ def close_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
     notify.notify_run(conn, run_id)  # ops hook (issue 9): the run's summary to NOTIFY_URLS; never raises
     log.info("run finished", load_run_id=run_id, status=status.value, files=len(files))
     return {"load_run_id": run_id, "status": status.value, **summary}
+
+
+# -- operator-driven runs (restage) ------------------------------------------------------------------
+def open_operator_run(conn: psycopg.Connection, kind: str, params: dict[str, Any], settings: Settings) -> int:
+    """A run an operator command drives itself in this process (restage): `running` with a lease, never
+    joined (it has no selection), closed by close_run or fail_run like any other run."""
+    _boundary(conn)
+    with _transaction(conn):
+        row = conn.execute(
+            "INSERT INTO etl.load_runs (kind, params, lease_expires_at) "
+            "VALUES (%s, %s, now() + make_interval(secs => %s)) RETURNING load_run_id",
+            (kind, Jsonb(params), settings.run_lease_seconds),
+        ).fetchone()
+    assert row is not None
+    log.info("run opened", load_run_id=row[0], kind=kind, driver="operator")
+    return int(row[0])
+
+
+def return_to_landed(conn: psycopg.Connection, run_id: int, file_ids: list[int],
+                     clear: Callable[[psycopg.Connection, ledger.FileRecord], None],
+                     audit: Callable[[psycopg.Connection], int]) -> int:
+    """Restage: each file (staged, merged or failed with rows in raw) back to `landed` in run `run_id`,
+    after `clear` removed what its staging wrote, and `audit`'s record of the operator's action (its id is
+    returned): one transaction, under the merge lock (no merge reads those stg rows meanwhile) and each
+    file's landing and staging locks (no worker is half-way through it)."""
+    _boundary(conn)
+    with _transaction(conn):
+        ledger.lock(conn, LockSpace.MERGE, 0)
+        for file_id in file_ids:
+            ledger.lock(conn, LockSpace.LAND, file_id)
+            ledger.lock(conn, LockSpace.STAGE, file_id)
+            record = ledger.get(conn, file_id, for_update=True)
+            clear(conn, record)
+            ledger.mark_restaging(conn, file_id, run_id)
+        params = {"operator_action_id": audit(conn), "files": file_ids}
+        conn.execute("UPDATE etl.load_runs SET params = params || %s WHERE load_run_id = %s",
+                     (Jsonb(params), run_id))
+    return int(params["operator_action_id"])
 
 
 def _update_health(conn: psycopg.Connection, run_id: int) -> None:

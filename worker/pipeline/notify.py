@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from worker.log import get_logger
+from worker.pipeline import relaxed
 from worker.pipeline.anomalies import CHECK_PREFIX
 from worker.pipeline.health import nz
 from worker.settings import Settings, get_settings
@@ -86,6 +87,13 @@ def build_run_message(conn: psycopg.Connection, run_id: int) -> RunMessage:
         (run_id, CHECK_PREFIX + "%"),
     ).fetchall()
     skipped = conn.execute("SELECT count(*) FROM etl.skipped_keys WHERE load_run_id = %s", (run_id,)).fetchone()
+    relaxed_of: dict[str, list[str]] = defaultdict(list)
+    for use in relaxed.uses(conn, run_id):
+        column = f"({use['column']})" if use["column"] else ""
+        relaxed_of[use["extract"]].append(
+            f"file {use['file_id']} held to a relaxed {use['check']}{column} {use['threshold']:g} "
+            f"(window {use['window']['from']}..{use['window']['to']}"
+            + (f", {safe_error(use['reason'])}" if use.get("reason") else "") + ")")
 
     per_extract: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for f in files:
@@ -123,6 +131,8 @@ def build_run_message(conn: psycopg.Connection, run_id: int) -> RunMessage:
             lines.append(f"  DateExtracted: {', '.join(batches)}")
         for message in anomalies_of[extract]:
             lines.append(f"  Anomaly: {message}")
+        for message in relaxed_of[extract]:
+            lines.append(f"  Relaxed threshold: {message}")
         for f in rows:
             if f[3] == "failed":  # errors start with the key; it is said once
                 lines.append(f"  Failed: file {f[0]} {f[2]}: {safe_error((f[8] or '').removeprefix(f[2] + ': '))}")

@@ -63,7 +63,8 @@ DONE_FILE_STATES = frozenset({FileStatus.MERGED, FileStatus.DUPLICATE, FileStatu
 # UPDATE whose WHERE names the allowed previous states, so a transition that is not allowed changes
 # nothing and raises InvalidTransition).
 FILE_TRANSITIONS: dict[FileStatus, frozenset[FileStatus]] = {
-    FileStatus.LANDED: frozenset({FileStatus.PENDING, FileStatus.FAILED}),
+    # staged, merged: only by restage (ledger.mark_restaging), which replays raw after a contract fix.
+    FileStatus.LANDED: frozenset({FileStatus.PENDING, FileStatus.FAILED, FileStatus.STAGED, FileStatus.MERGED}),
     FileStatus.DUPLICATE: frozenset({FileStatus.PENDING, FileStatus.FAILED}),
     FileStatus.STAGED: frozenset({FileStatus.LANDED}),
     FileStatus.MERGED: frozenset({FileStatus.STAGED}),

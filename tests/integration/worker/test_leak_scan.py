@@ -34,7 +34,7 @@ from contracts.model import PiiClass
 from contracts.registry import get as get_spec
 from tests.conftest import REPO_ROOT
 from tests.integration.worker.io.helpers import login_url
-from tests.integration.worker.pipeline.helpers import put_file, reset_data
+from tests.integration.worker.pipeline.helpers import Receiver, put_file, reset_data
 from worker.synth import build_series
 
 pytestmark = pytest.mark.integration
@@ -111,6 +111,7 @@ class Stack:
     redis_password: str
     analyst_url: str
     worker_log: Path
+    receiver: Receiver  # NOTIFY_URLS points here: every run summary the workers sent
     outputs: list[tuple[str, str]] = field(default_factory=list)  # (command, stdout + stderr)
 
     def cli(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
@@ -131,6 +132,7 @@ def stack(migrated_db, s3_server, tmp_path_factory) -> Iterator[Stack]:
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--requirepass", redis_password,
          "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
+    receiver = Receiver().__enter__()
     try:
         client = redis.Redis(host="127.0.0.1", port=port, password=redis_password)
         for _ in range(100):
@@ -160,11 +162,13 @@ def stack(migrated_db, s3_server, tmp_path_factory) -> Iterator[Stack]:
                  "S3_BUCKET": bucket, "S3_ENDPOINT_URL": s3_server.endpoint_url,
                  "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_DEFAULT_REGION": "ap-southeast-2", "NHI_HMAC_KEY": KEY,
-                 "CELERY_BROKER_URL": f"{redis_url}/0", "CELERY_RESULT_BACKEND": f"{redis_url}/1"},
+                 "CELERY_BROKER_URL": f"{redis_url}/0", "CELERY_RESULT_BACKEND": f"{redis_url}/1",
+                 "NOTIFY_URLS": receiver.url},
             needles=_needles(batches),
             redis_url=redis_url, redis_password=redis_password,
             analyst_url=login_url(migrated_db.url, analyst, analyst_password),
             worker_log=tmp / "worker.log",
+            receiver=receiver,
         )
         stack.needles.secrets |= {KEY, NEW_KEY, KEY.encode().hex(), NEW_KEY.encode().hex(),
                                   service_password, analyst_password, redis_password}
@@ -206,6 +210,7 @@ def stack(migrated_db, s3_server, tmp_path_factory) -> Iterator[Stack]:
                 worker.wait(timeout=10)
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+        receiver.__exit__(None, None, None)
 
 
 def _find(text: str, needles: dict[str, set[str]]) -> list[str]:
@@ -311,13 +316,16 @@ def test_no_redis_key_or_value_holds_a_personal_value_or_a_secret(stack):
 
 
 def captured_notifications(stack: Stack) -> list[str]:
-    """The run summaries sent to NOTIFY_URLS. Notifications are being built (issue 9): when they exist,
-    point NOTIFY_URLS at a capturing endpoint in `stack` and return every body it received here."""
-    return []
+    """The run summaries the workers sent to NOTIFY_URLS (apprise json:// to the test's receiver): the
+    whole payload of each (title, message, type), as the receiving service would store it."""
+    return [json.dumps(payload) for payload in stack.receiver.received]
 
 
 def test_no_notification_holds_a_personal_value_or_a_secret(stack):
-    found = [hits for text in captured_notifications(stack) if (hits := _find(text, stack.needles.every()))]
+    texts = captured_notifications(stack)
+    assert len(texts) >= 2  # one per run (two batches), so there was something to scan
+    assert any("rejected" in text for text in texts)  # the summaries, not empty messages
+    found = [hits for text in texts if (hits := _find(text, stack.needles.every()))]
     assert not found
 
 

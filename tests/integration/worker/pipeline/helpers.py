@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 import psycopg
 
@@ -31,10 +35,57 @@ def query(settings, statement, params=None) -> list[tuple]:
 
 
 def reset_data(url: str) -> None:
-    """Empty every data table of the session database (tests share one migrated database)."""
+    """Empty every data table of the session database (tests share one migrated database); etl.config
+    is kept (see reset_config)."""
     with psycopg.connect(url, autocommit=True) as conn:
         tables = conn.execute(
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
             "WHERE schemaname IN ('raw', 'stg', 'etl', 'core') AND tablename <> 'config'"
         ).fetchall()
         conn.execute("TRUNCATE " + ", ".join(t[0] for t in tables) + " RESTART IDENTITY CASCADE")
+
+
+class Receiver:
+    """A tiny webhook: every POST body is kept (apprise json:// posts {title, message, type})."""
+
+    def __init__(self, status: int = 200) -> None:
+        received: list[dict] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append({"path": self.path, **json.loads(body)})
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.server.server_address[1]}/hooks/indici"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def reset_config(url: str) -> None:
+    """etl.config back to what migrate wrote: a test that sets operator values (config set) calls it
+    before and after, so its values never change another test's thresholds, deliveries or tolerances."""
+    from worker.pipeline.migrate import contract_defaults
+
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM etl.config")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO etl.config (extract, key, value, source) VALUES (%s, %s, %s, 'contract')",
+                            [(e, k, json.dumps(v)) for e, k, v in contract_defaults()])

@@ -3,61 +3,30 @@ to a webhook receiver in the test, after a real run through the command line."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from pydantic import SecretStr
 
-from tests.integration.worker.pipeline.helpers import put_file, query, run
+from tests.integration.worker.pipeline.helpers import Receiver, put_file, query, run
 from worker.io.db import connect
 from worker.io.s3 import make_client
-from worker.pipeline.notify import RunMessage, build_run_message, notify_run, safe_error, send
+from worker.pipeline.notify import (
+    RunMessage,
+    build_run_message,
+    notify_run,
+    safe_error,
+    send,
+)
 from worker.synth import build_series
 
 pytestmark = pytest.mark.integration
 
 PRACTICE = [(685146, 535)]
 NHI = re.compile(r"\b[A-Z]{3}(?:\d{4}|\d{2}[A-Z]{2})\b")
-
-
-class Receiver:
-    """A tiny webhook: every POST body is kept (apprise json:// posts {title, message, type})."""
-
-    def __init__(self, status: int = 200) -> None:
-        received: list[dict] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.append({"path": self.path, **json.loads(body)})
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.server.server_address[1]}/hooks/indici"
-
-    def __enter__(self) -> "Receiver":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _batch_with_a_broken_file(settings):
