@@ -90,6 +90,7 @@ def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecor
     except UnsupportedContract:
         return _stage_sql(conn, spec, record)
     staged, rejected, superseded = engine.staged, engine.rejected, engine.superseded
+    log.info("file typed", seconds={k: round(v, 3) for k, v in engine.seconds.items()})
     _reconcile(record, staged, rejected, superseded)
     dq.record_domain_values_seen(conn, spec, record.file_id, engine.counts.domain_values)
     outcome = dq.evaluate_counts(conn, spec, record.rows_read, staged, rejected, superseded, engine.counts)

@@ -67,8 +67,18 @@ def _bool(values: pa.Array) -> np.ndarray:
     return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _nullif_empty(values: pa.Array) -> pa.Array:
-    return pc.if_else(pc.greater(pc.binary_length(values), 0), values, pa.scalar(None, values.type))
+def _nullif_empty(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """The values with empty strings as nulls (zero-copy: a validity bitmap over the same buffers), and
+    the numpy mask of the non-empty ones."""
+    values = values.cast(pa.string())
+    _, offsets_buf, data_buf = values.buffers()[:3]
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[values.offset: values.offset + len(values) + 1]
+    present = offsets[1:] > offsets[:-1]
+    if values.null_count:
+        present &= _bool(pc.is_valid(values))
+    validity = pa.py_buffer(np.packbits(present, bitorder="little").tobytes())
+    out = pa.Array.from_buffers(pa.string(), len(values), [validity, offsets_buf, data_buf], offset=values.offset)
+    return out, present
 
 
 def _mask(values: pa.Array, ok: np.ndarray) -> pa.Array:
@@ -85,12 +95,19 @@ def _utf8_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data, starts, (offsets[1:] - offsets[:-1]).astype(np.int64)
 
 
-def _digits(data: np.ndarray, starts: np.ndarray, position: int, count: int) -> np.ndarray:
-    """The integer written by `count` ASCII digits at `position` of each value (valid values only)."""
-    out = np.zeros(len(starts), dtype=np.int64)
-    last = len(data) - 1
-    for k in range(count):
-        out = out * 10 + (data[np.minimum(starts + position + k, last)].astype(np.int64) - 48)
+def _fields(data: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """The first `width` bytes of each value as an n x width matrix of digit values (byte - '0', int16);
+    past a value's end, or for bytes that are not digits, meaningless (callers use matched values only)."""
+    padded = np.concatenate([data, np.zeros(width, np.uint8)])
+    index = starts[:, None] + np.arange(width)[None, :]
+    return padded[index].astype(np.int16) - 48
+
+
+def _number(fields: np.ndarray, position: int, count: int) -> np.ndarray:
+    """The integer written by `count` digits at `position` of each row of a _fields matrix."""
+    out = fields[:, position].astype(np.int64)
+    for k in range(1, count):
+        out = out * 10 + fields[:, position + k]
     return out
 
 
@@ -105,36 +122,37 @@ def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     return era * 146097 + doe - 719468
 
 
-def _dates(v: pa.Array, matched: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For values that matched a date-shaped pattern: (ok, days since 1970, data, starts)."""
-    data, starts, _ = _utf8_bytes(v)
-    y = _digits(data, starts, 0, 4)
-    m = _digits(data, starts, 5, 2)
-    d = _digits(data, starts, 8, 2)
+def _dates(fields: np.ndarray, matched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For values that matched a date-shaped pattern: (ok, days since 1970)."""
+    y = _number(fields, 0, 4)
+    m = _number(fields, 5, 2)
+    d = _number(fields, 8, 2)
     leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
     month_days = np.where(np.isin(m, (4, 6, 9, 11)), 30, np.where(m == 2, np.where(leap, 29, 28), 31))
     ymd = y * 10000 + m * 100 + d
     ok = matched & (d <= month_days) & (ymd >= _RANGE[0]) & (ymd <= _RANGE[1])
     days = np.where(ok, _days_from_civil(y, np.where(ok, m, 1), np.where(ok, d, 1)), 0)
-    return ok, days, data, starts
+    return ok, days
+
+
+_HEX = np.zeros(256, dtype=np.uint8)
+for _i, _ch in enumerate(b"0123456789abcdef"):
+    _HEX[_ch] = _i
+for _i, _ch in enumerate(b"ABCDEF"):
+    _HEX[_ch] = 10 + _i
+_UUID_HEX_POSITIONS = np.asarray([p for p in range(36) if p not in (8, 13, 18, 23)])
 
 
 def _uuid_bytes(v: pa.Array, ok: np.ndarray) -> pa.Array:
+    """The 16 bytes of each UUID that matched the pattern (what uuid_recv reads in binary COPY)."""
     data, starts, _ = _utf8_bytes(v)
-    n = len(v)
-    hexval = np.full(256, 0, dtype=np.uint8)
-    for i, ch in enumerate(b"0123456789"):
-        hexval[ch] = i
-    for i, ch in enumerate(b"abcdef"):
-        hexval[ch] = 10 + i
-        hexval[ord(chr(ch).upper())] = 10 + i
-    positions = [p for p in range(36) if p not in (8, 13, 18, 23)]
-    idx = np.minimum(starts[:, None] + np.asarray(positions)[None, :], len(data) - 1)
-    nibbles = hexval[data[idx]]  # n x 32
-    raw = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]  # n x 16
-    raw[~ok] = 0
+    rows = np.flatnonzero(ok)
+    raw = np.zeros((len(v), 16), dtype=np.uint8)
+    if len(rows):
+        nibbles = _HEX[data[starts[rows][:, None] + _UUID_HEX_POSITIONS[None, :]]]  # m x 32
+        raw[rows] = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
     return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(16), n, [pa.array(ok, pa.bool_()).buffers()[1], pa.py_buffer(np.ascontiguousarray(raw).tobytes())]
+        pa.binary(16), len(v), [pa.array(ok, pa.bool_()).buffers()[1], pa.py_buffer(raw.tobytes())]
     )
 
 
@@ -144,10 +162,9 @@ def check_column(col_type: ContractType, raw: pa.Array, mapped: pa.Array | None 
     `mapped`: for a domain column whose unmapped values reject, the mapped values of the domain.
     """
     if col_type is ContractType.TEXT:
-        v = _nullif_empty(raw)
+        v, present = _nullif_empty(raw)
     else:
-        v = _nullif_empty(pc.ascii_trim(raw, TRIM_CHARS))
-    present = _bool(pc.is_valid(v))
+        v, present = _nullif_empty(pc.ascii_trim(raw, TRIM_CHARS))
     no_date = None
     if col_type is ContractType.TEXT:
         ok = present.copy()
@@ -173,24 +190,32 @@ def check_column(col_type: ContractType, raw: pa.Array, mapped: pa.Array | None 
             typed = _uuid_bytes(v, ok)
     elif col_type in DATE_TYPES:
         matched = _bool(pc.match_substring_regex(v, rule_for(col_type).pattern))
-        ok, days, data, starts = _dates(v, matched)
+        data, starts, lengths = _utf8_bytes(v)
+        rows = np.flatnonzero(matched)  # fixed-field arithmetic only where the pattern matched
+        fields = _fields(data, starts[rows], 26 if col_type is ContractType.TIMESTAMP_NZ else 10)
+        ok_rows, days = _dates(fields, np.ones(len(rows), dtype=bool))
+        ok = np.zeros(len(v), dtype=bool)
+        ok[rows] = ok_rows
         no_date = _bool(pc.starts_with(v, NO_DATE_SENTINEL))
         stored = ok & ~no_date
         if col_type is ContractType.DATE:
-            typed = pa.array(days.astype(np.int32), pa.int32(), mask=~stored).cast(pa.date32())
+            values = np.zeros(len(v), dtype=np.int32)
+            values[rows] = days
+            typed = pa.array(values, pa.int32(), mask=~stored).cast(pa.date32())
         else:
-            _, _, lengths = _utf8_bytes(v)
-            h = _digits(data, starts, 11, 2)
-            mi = _digits(data, starts, 14, 2)
-            s = np.where(lengths >= 19, _digits(data, starts, 17, 2), 0)
-            micros = np.zeros(len(v), dtype=np.int64)
-            last = len(data) - 1
+            length = lengths[rows]
+            h = _number(fields, 11, 2)
+            mi = _number(fields, 14, 2)
+            sec = np.where(length >= 19, _number(fields, 17, 2), 0)
+            micros = np.zeros(len(rows), dtype=np.int64)
             for k in range(6):  # fraction digits at 20..25, where written
-                digit = data[np.minimum(starts + 20 + k, last)].astype(np.int64) - 48
-                micros = micros * 10 + np.where(lengths > 20 + k, digit, 0)
-            local = days * 86_400 + h * 3600 + mi * 60 + s
-            utc = np.where(stored, local_to_utc_seconds(np.where(stored, local, 0)), 0)
-            typed = pa.array(utc * 1_000_000 + micros, pa.int64(), mask=~stored).cast(pa.timestamp("us", tz="UTC"))
+                micros = micros * 10 + np.where(length > 20 + k, fields[:, 20 + k], 0)
+            local = days * 86_400 + h * 3600 + mi * 60 + sec
+            stored_rows = stored[rows]
+            utc = np.where(stored_rows, local_to_utc_seconds(np.where(stored_rows, local, 0)), 0)
+            values = np.zeros(len(v), dtype=np.int64)
+            values[rows] = utc * 1_000_000 + micros
+            typed = pa.array(values, pa.int64(), mask=~stored).cast(pa.timestamp("us", tz="UTC"))
     else:  # pragma: no cover - every contract type is handled above
         raise NotImplementedError(col_type)
     if mapped is not None:

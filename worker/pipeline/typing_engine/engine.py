@@ -52,6 +52,16 @@ def _json_string(values: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise('"', out, '"', "")
 
 
+def _blank_count(raw: pa.Array, present: np.ndarray | None) -> int:
+    """Raw values that are empty after trimming spaces (dq's empty_rate: btrim(value) = '').
+    `present`: where a typed column's trimmed value is non-empty (those are not blank)."""
+    if present is not None:
+        if present.all():
+            return 0
+        raw = pc.filter(raw, pa.array(~present, pa.bool_()))
+    return int(pc.sum(pc.match_substring_regex(raw, "^ *$")).as_py() or 0)
+
+
 def _error_prefix(column: str, rule: str, severity: str) -> str:
     head = json.dumps({"column": column, "rule": rule, "severity": severity})
     return head[:-1] + ', "value": '
@@ -159,7 +169,7 @@ class TypingEngine:
                     m = m | c.no_date
                 missing[col.column] = m
                 reject |= m
-                counts.empty[col.column] += int(pc.sum(pc.equal(pc.binary_length(pc.ascii_trim(raw, " ")), 0)).as_py() or 0)
+                counts.empty[col.column] += _blank_count(raw, None if col.type is ContractType.TEXT else c.present)
             if col.domain:
                 distinct = pc.unique(raw)
                 counts.domain_values.setdefault(col.column, set()).update(
@@ -170,18 +180,20 @@ class TypingEngine:
         keep_arrow = pa.array(keep, pa.bool_())
 
         # Kept rows: typed values, nullify errors.
-        kept_columns: list[pa.Array] = [pc.filter(row_numbers, keep_arrow)]
+        all_kept = bool(keep.all())
+        kept_columns: list[pa.Array] = [row_numbers if all_kept else pc.filter(row_numbers, keep_arrow)]
         errors = []
         kept_violations = []
         for col in self.columns:
-            kept_columns.append(pc.filter(checked[col.column].typed, keep_arrow))
+            typed = checked[col.column].typed
+            kept_columns.append(typed if all_kept else pc.filter(typed, keep_arrow))
             if col.column in bad and self._severity[col.column] is Severity.NULLIFY:
                 nullified = bad[col.column]
                 if col.type in DATE_TYPES:
                     nullified = nullified & ~checked[col.column].no_date
                 nullified = nullified[keep]
                 if nullified.any():
-                    raw_kept = pc.filter(batch.column(col.column), keep_arrow)
+                    raw_kept = batch.column(col.column) if all_kept else pc.filter(batch.column(col.column), keep_arrow)
                     errors.append(self._errors(raw_kept, nullified, self._nullify_prefix[col.column]))
                     kept_violations.append((nullified, (col.column, _rule(col), Severity.NULLIFY.value)))
         kept_columns.append(self._join_errors(errors, int(keep.sum())))

@@ -7,7 +7,7 @@ On the file's own connection and transaction (the caller's):
    time, and the typed rows go back in on the same connection).
 2. Key pass: the natural-key columns of the spool are typed and hashed; hashes seen more than once mark
    the rows that may be superseded (usually none).
-3. Main pass, block by block (BLOCK_BYTES of CSV, about 100k rows): the engine types the block; kept rows
+3. Main pass, block by block (BLOCK_ROWS rows): the engine types the block; kept rows
    go straight into `COPY stg.<t> ... FROM STDIN (FORMAT binary)` (pgpq), sent by psycopg's writer thread
    while the next block is typed; rejects are encoded into a second spool; rows whose key hash repeats
    are held back.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import IO, Iterator
 
@@ -42,7 +43,10 @@ from contracts.sql.staging import ROW_TEXT_SEPARATOR
 from contracts.types import ContractType
 from worker.pipeline.typing_engine.engine import ROW_NUMBER, DqCounts, TypedBlock, TypingEngine
 
-BLOCK_BYTES = 64 << 20
+# Arrow's CSV reader is fastest on blocks of a few MiB; the engine types blocks of BLOCK_ROWS rows
+# (fewer, larger calls), so parsed blocks are gathered up to that size.
+CSV_BLOCK_BYTES = 4 << 20
+BLOCK_ROWS = 65_536
 _COPY_READ = 1 << 20
 
 
@@ -52,6 +56,9 @@ class EngineResult:
     rejected: int
     superseded: int
     counts: DqCounts = field(default_factory=DqCounts)
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of the parts: spool (raw out), keys, typing (read + type + encode), copy_wait (until the
+    stg COPY completed after the last block), rejects."""
 
 
 def mapped_domains(conn: psycopg.Connection, spec: ExtractSpec) -> dict[str, list[str]]:
@@ -89,16 +96,25 @@ def _batches(spool: IO[bytes], columns: list[str], include: list[str] | None = N
     types[ROW_NUMBER] = pa.int64()
     reader = pacsv.open_csv(
         spool,
-        read_options=pacsv.ReadOptions(column_names=columns, block_size=BLOCK_BYTES),
+        read_options=pacsv.ReadOptions(column_names=columns, block_size=CSV_BLOCK_BYTES),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False,
             include_columns=include,
         ),
     )
+    pending: list[pa.RecordBatch] = []
+    rows = 0
     for batch in reader:
-        if batch.num_rows:
-            yield batch
+        if not batch.num_rows:
+            continue
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= BLOCK_ROWS:
+            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            pending, rows = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def _encoder(schema: pa.Schema, jsonb: tuple[str, ...]) -> pgpq.ArrowToPostgresBinaryEncoder:
@@ -155,18 +171,33 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
 
     with tempfile.TemporaryFile(prefix="indici-stage-") as spool, \
             tempfile.TemporaryFile(prefix="indici-rejects-") as rejects_spool:
-        _spool_raw(conn, spec, record.file_id, columns, spool)
+        clock = time.perf_counter()
+        seconds: dict[str, float] = {}
 
-        # Key pass: which key hashes repeat in the file (among rows whose key parses).
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[name] = seconds.get(name, 0.0) + now - clock
+            clock = now
+
+        _spool_raw(conn, spec, record.file_id, columns, spool)
+        lap("spool")
+
+        # Key pass: which key hashes repeat in the file (among rows whose key parses), from a narrow
+        # COPY of the key columns (cheaper than parsing the whole spool twice).
         hashes = []
-        for batch in _batches(spool, columns, [ROW_NUMBER, *spec.natural_key]):
-            ok, typed = engine.check_keys(batch)
-            hashes.append(engine.key_hashes(typed)[ok])
+        key_columns = [ROW_NUMBER, *spec.natural_key]
+        with tempfile.TemporaryFile(prefix="indici-keys-") as keys_spool:
+            _spool_raw(conn, spec, record.file_id, key_columns, keys_spool)
+            for batch in _batches(keys_spool, key_columns):
+                ok, typed = engine.check_keys(batch)
+                hashes.append(engine.key_hashes(typed)[ok])
         all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         unique, repeats = np.unique(all_hashes, return_counts=True)
         repeated = unique[repeats > 1]
         del all_hashes, unique, repeats, hashes
 
+        lap("keys")
         rejects_spool.write(reject_encoder.write_header())
 
         def write_rejects(table: pa.Table) -> int:
@@ -241,6 +272,8 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                         superseded = superseded_rows.num_rows
                         counts.rule_violations[(None, "duplicate_key", "reject")] += superseded
                 copy.write(stg_encoder.finish())
+                lap("typing")
+            lap("copy_wait")
             if numeric:
                 names = sql.SQL(", ").join(sql.Identifier(c) for c in lineage.schema.names)
                 values = sql.SQL(", ").join(
@@ -256,7 +289,8 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                 with _copy_into(cur, sql.Identifier(naming.ETL, naming.rejects_table(spec)), rejects_schema.names) as copy:
                     while data := rejects_spool.read(8 << 20):
                         copy.write(data)
-    return EngineResult(staged=staged, rejected=rejected, superseded=superseded, counts=counts)
+        lap("rejects")
+    return EngineResult(staged=staged, rejected=rejected, superseded=superseded, counts=counts, seconds=seconds)
 
 
 def _resolve(spec: ExtractSpec, held: list[tuple[pa.Table, pa.Array, list]]):
