@@ -3,7 +3,7 @@
 In one transaction per file: take the file's advisory lock, re-read its ledger row (another worker may
 have landed it meanwhile), spool the object version to a temporary file while hashing it, refuse content
 already loaded under another version (duplicate), then stream the bytes through the Indici reader into
-COPY with every row's number and lineage. A format error rolls the transaction back, so a bad file lands
+COPY with every row's number and lineage (sent by a writer thread, so decoding overlaps the COPY). A format error rolls the transaction back, so a bad file lands
 no rows, and is recorded as failed with the row, the counts and the reason.
 """
 
@@ -20,6 +20,7 @@ from psycopg import sql
 from contracts import naming
 from contracts.model import LINEAGE_COLUMNS, ExtractSpec
 from contracts.registry import get as get_spec
+from worker.io.copy_writer import BoundedQueuedWriter
 from worker.io.indici_reader import IndiciFormatError, IndiciReader, escape_copy_text
 from worker.io.s3 import spool_version
 from worker.log import bound, get_logger
@@ -153,7 +154,8 @@ def _land(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings)
             reader = IndiciReader(chunks, spec.field_count)
             prefix = lineage_prefix(record, file_hash, landed_at)
             with conn.cursor() as cur:
-                with cur.copy(copy_statement(spec)) as copy:
+                # A writer thread sends each block while the reader decodes the next one.
+                with cur.copy(copy_statement(spec), writer=BoundedQueuedWriter(cur)) as copy:
                     for block in reader.copy_bytes(prefix):
                         copy.write(block)
                 rows_raw = cur.rowcount

@@ -8,7 +8,7 @@ On the file's own connection and transaction (the caller's):
 2. Key pass: the natural-key columns of the spool are typed and hashed; hashes seen more than once mark
    the rows that may be superseded (usually none).
 3. Main pass, block by block (BLOCK_ROWS rows): the engine types the block; kept rows
-   go straight into `COPY stg.<t> ... FROM STDIN (FORMAT binary)` (pgpq), sent by psycopg's writer thread
+   go straight into `COPY stg.<t> ... FROM STDIN (FORMAT binary)` (pgpq), sent by a writer thread
    while the next block is typed; rejects are encoded into a second spool; rows whose key hash repeats
    are held back.
 4. The held-back rows are resolved exactly (typed key, last row wins): the survivors join the stg COPY,
@@ -35,12 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
-from psycopg.copy import QueuedLibpqWriter
 
 from contracts import naming
 from contracts.model import ExtractSpec
 from contracts.sql.staging import ROW_TEXT_SEPARATOR
 from contracts.types import ContractType
+from worker.io.copy_writer import BoundedQueuedWriter
 from worker.pipeline.typing_engine.engine import ROW_NUMBER, DqCounts, TypedBlock, TypingEngine
 
 # Arrow's CSV reader is fastest on blocks of a few MiB; the engine types blocks of BLOCK_ROWS rows
@@ -151,7 +151,7 @@ def _copy_into(cur: psycopg.Cursor, table: sql.Composable, columns: list[str]):
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         table, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     )
-    return cur.copy(statement, writer=QueuedLibpqWriter(cur))
+    return cur.copy(statement, writer=BoundedQueuedWriter(cur))
 
 
 def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineResult:
