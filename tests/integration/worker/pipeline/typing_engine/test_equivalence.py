@@ -140,7 +140,8 @@ def _strategy(col_type: ContractType):
         ContractType.UUID: st.uuids().map(str).flatmap(lambda u: st.sampled_from([u, u.upper(), u[:-1], u + "0"])),
         ContractType.TEXT: st.text(alphabet=st.characters(blacklist_characters="\x00", codec="utf-8"), max_size=12),
     }[col_type]
-    value = st.one_of(edges, generated, st.text(alphabet="0123456789-:. Te+", max_size=26))
+    value = st.one_of(edges, generated, st.text(alphabet="0123456789-:. Te+", max_size=26),
+                      st.text(alphabet=st.characters(blacklist_characters="\x00", codec="utf-8"), max_size=6))
     return st.builds(lambda pre, v, post: pre + v + post, st.sampled_from(SPACES), value, st.sampled_from(SPACES))
 
 
@@ -234,7 +235,7 @@ EQUIV = ExtractSpec(
         {"source": "PerOrgID", "column": "per_org_id", "type": "bigint", "required": True},
         {"source": "SeenAt", "column": "seen_at", "type": "timestamp_nz", "required": True},
         {"source": "PatientID", "column": "patient_id", "type": "bigint", "references": "Patients"},
-        {"source": "Status", "column": "status", "type": "text", "domain": "appointment_status", "unmapped": "reject"},
+        {"source": "Status", "column": "status", "type": "text", "domain": "equiv_status", "unmapped": "reject"},
         {"source": "Kind", "column": "kind", "type": "text", "domain": "appointment_type"},
         {"source": "SeenOn", "column": "seen_on", "type": "date"},
         {"source": "BornOn", "column": "born_on", "type": "date", "required": True},
@@ -249,27 +250,34 @@ EQUIV = ExtractSpec(
     ],
 )
 MAPPED = ["Booked", "Arrived"]
+DOMAIN = "equiv_status"
 KEY_TEXT = st.sampled_from(["1", "01", "+1", " 1 ", "2", "3", "-0", "0", "x", "", "99999999999999999999"])
 FILE_ID = 7
 
 
 @pytest.fixture()
 def equiv_conn(migrated_db):
+    """The synthetic contract's raw, stg and rejects tables and its own reject domain (dropped after)."""
+    metadata = MetaData()
+    tables = [_raw_table(metadata, EQUIV), _stg_table(metadata, EQUIV), _rejects_table(metadata, EQUIV)]
+    domain = sql.Identifier(naming.ETL, naming.domain_table(DOMAIN))
     with psycopg.connect(migrated_db.url) as connection:
-        metadata = MetaData()
-        tables = [_raw_table(metadata, EQUIV), _stg_table(metadata, EQUIV), _rejects_table(metadata, EQUIV)]
+        connection.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+            domain, sql.Identifier(naming.ETL, naming.domain_table("appointment_status"))))
         for table in tables:
-            connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table.schema, table.name)))
             connection.execute(str(CreateTable(table).compile(dialect=postgresql.dialect())))
-        domain = sql.Identifier(naming.ETL, naming.domain_table("appointment_status"))
-        connection.execute(sql.SQL("UPDATE {} SET is_mapped = false").format(domain))
         for value in MAPPED:
-            connection.execute(
-                sql.SQL("INSERT INTO {} (value, label, is_mapped) VALUES (%s, %s, true) "
-                        "ON CONFLICT (value) DO UPDATE SET is_mapped = true").format(domain), (value, value)
-            )
+            connection.execute(sql.SQL("INSERT INTO {} (value, label, is_mapped) VALUES (%s, %s, true)").format(domain),
+                               (value, value))
         connection.commit()
-        yield connection
+        try:
+            yield connection
+        finally:
+            connection.rollback()
+            for table in [*tables, None]:
+                name = domain if table is None else sql.Identifier(table.schema, table.name)
+                connection.execute(sql.SQL("DROP TABLE {}").format(name))
+            connection.commit()
 
 
 def _row_strategy():
