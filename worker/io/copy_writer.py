@@ -18,4 +18,4 @@ from psycopg.copy import QueuedLibpqWriter
 class BoundedQueuedWriter(QueuedLibpqWriter):
     def __init__(self, cursor: Cursor[Any], max_buffers: int = 32) -> None:
         super().__init__(cursor)
-        self._queue = Queue(maxsize=max_buffers)
+        self._queue = Queue(maxsize=max_buffers)  # type: ignore[assignment]

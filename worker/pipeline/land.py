@@ -3,8 +3,9 @@
 In one transaction per file: take the file's advisory lock, re-read its ledger row (another worker may
 have landed it meanwhile), spool the object version to a temporary file while hashing it, refuse content
 already loaded under another version (duplicate), then stream the bytes through the Indici reader into
-COPY with every row's number and lineage (sent by a writer thread, so decoding overlaps the COPY). A format error rolls the transaction back, so a bad file lands
-no rows, and is recorded as failed with the row, the counts and the reason.
+COPY with every row's number and lineage (sent by a writer thread, so decoding overlaps the COPY). A
+format error rolls the transaction back, so a bad file lands no rows, and is recorded as failed with the
+row, the counts and the reason.
 """
 
 from __future__ import annotations

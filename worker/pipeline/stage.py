@@ -93,7 +93,7 @@ def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecor
     log.info("file typed", seconds={k: round(v, 3) for k, v in engine.seconds.items()})
     _reconcile(record, staged, rejected, superseded)
     dq.record_domain_values_seen(conn, spec, record.file_id, engine.counts.domain_values)
-    outcome = dq.evaluate_counts(conn, spec, record.rows_read, staged, rejected, superseded, engine.counts)
+    outcome = dq.evaluate_counts(conn, spec, record.rows_read or 0, staged, rejected, superseded, engine.counts)
     return StageResult(record.file_id, "staged", staged, rejected, superseded), outcome
 
 
@@ -105,7 +105,8 @@ def _reconcile(record: ledger.FileRecord, staged: int, rejected: int, superseded
         )
 
 
-def _stage_sql(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecord) -> tuple[StageResult, dq.DqOutcome]:
+def _stage_sql(conn: psycopg.Connection, spec: ExtractSpec,
+               record: ledger.FileRecord) -> tuple[StageResult, dq.DqOutcome]:
     """The reference path: the generated statements of contracts/sql/staging.py, all in Postgres."""
     dq.record_domain_values(conn, spec, record.file_id)
     statements = _statements(spec.extract)

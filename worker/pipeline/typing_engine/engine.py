@@ -183,14 +183,15 @@ class TypingEngine:
         all_kept = bool(keep.all())
         kept_columns: list[pa.Array] = [row_numbers if all_kept else pc.filter(row_numbers, keep_arrow)]
         errors = []
-        kept_violations = []
+        kept_violations: list[tuple[np.ndarray, tuple[str | None, str, str]]] = []
         for col in self.columns:
             typed = checked[col.column].typed
             kept_columns.append(typed if all_kept else pc.filter(typed, keep_arrow))
             if col.column in bad and self._severity[col.column] is Severity.NULLIFY:
                 nullified = bad[col.column]
-                if col.type in DATE_TYPES:
-                    nullified = nullified & ~checked[col.column].no_date
+                no_date = checked[col.column].no_date
+                if no_date is not None:
+                    nullified = nullified & ~no_date
                 nullified = nullified[keep]
                 if nullified.any():
                     raw_kept = batch.column(col.column) if all_kept else pc.filter(batch.column(col.column), keep_arrow)

@@ -215,9 +215,13 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
 
         if numeric:
             target = sql.Identifier("stg_engine_load")
-            conn.execute(sql.SQL("CREATE TEMP TABLE stg_engine_load (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(stg))
+            conn.execute(
+                sql.SQL("CREATE TEMP TABLE stg_engine_load (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(stg)
+            )
             for name in numeric:
-                conn.execute(sql.SQL("ALTER TABLE stg_engine_load ALTER COLUMN {} TYPE text").format(sql.Identifier(name)))
+                conn.execute(
+                    sql.SQL("ALTER TABLE stg_engine_load ALTER COLUMN {} TYPE text").format(sql.Identifier(name))
+                )
         else:
             target = stg
         stg_encoder = _encoder(lineage.schema, ("field_errors",))
@@ -286,7 +290,8 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
             rejects_spool.flush()
             rejects_spool.seek(0)
             if rejected or superseded:
-                with _copy_into(cur, sql.Identifier(naming.ETL, naming.rejects_table(spec)), rejects_schema.names) as copy:
+                rejects = sql.Identifier(naming.ETL, naming.rejects_table(spec))
+                with _copy_into(cur, rejects, rejects_schema.names) as copy:
                     while data := rejects_spool.read(8 << 20):
                         copy.write(data)
         lap("rejects")
