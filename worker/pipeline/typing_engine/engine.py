@@ -52,6 +52,11 @@ def _json_string(values: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise('"', out, '"', "")
 
 
+def _contiguous(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One column of a block as a single array (a block is gathered from several CSV reads)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def _blank_count(raw: pa.Array, present: np.ndarray | None) -> int:
     """Raw values that are empty after trimming spaces (dq's empty_rate: btrim(value) = '').
     `present`: where a typed column's trimmed value is non-empty (those are not blank)."""
@@ -129,7 +134,7 @@ class TypingEngine:
         ok = np.ones(batch.num_rows, dtype=bool)
         typed = []
         for key in self.spec.natural_key:
-            checked = check_column(self.spec.column(key).type, batch.column(key))
+            checked = check_column(self.spec.column(key).type, _contiguous(batch.column(key)))
             ok &= checked.ok
             typed.append(checked.typed)
         return ok, typed
@@ -154,9 +159,7 @@ class TypingEngine:
         bad: dict[str, np.ndarray] = {}
         missing: dict[str, np.ndarray] = {}
         for col in self.columns:
-            raw = batch.column(col.column)
-            if isinstance(raw, pa.ChunkedArray):
-                raw = raw.combine_chunks()
+            raw = _contiguous(batch.column(col.column))
             c = check_column(col.type, raw, self._mapped.get(col.column))
             checked[col.column] = c
             if _is_checked(col):
@@ -176,7 +179,7 @@ class TypingEngine:
                     v for v in distinct.to_pylist() if v != ""
                 )
         keep = ~reject
-        row_numbers = batch.column(ROW_NUMBER)
+        row_numbers = _contiguous(batch.column(ROW_NUMBER))
         keep_arrow = pa.array(keep, pa.bool_())
 
         # Kept rows: typed values, nullify errors.

@@ -7,7 +7,7 @@ On the file's own connection and transaction (the caller's):
    time, and the typed rows go back in on the same connection).
 2. Key pass: the natural-key columns of the spool are typed and hashed; hashes seen more than once mark
    the rows that may be superseded (usually none).
-3. Main pass, block by block (BLOCK_ROWS rows): the engine types the block; kept rows
+3. Main pass, block by block (READ_BYTES of CSV, about 20k rows): the engine types the block; kept rows
    go straight into `COPY stg.<t> ... FROM STDIN (FORMAT binary)` (pgpq), sent by a writer thread
    while the next block is typed; rejects are encoded into a second spool; rows whose key hash repeats
    are held back.
@@ -43,10 +43,11 @@ from contracts.types import ContractType
 from worker.io.copy_writer import BoundedQueuedWriter
 from worker.pipeline.typing_engine.engine import ROW_NUMBER, DqCounts, TypedBlock, TypingEngine
 
-# Arrow's CSV reader is fastest on blocks of a few MiB; the engine types blocks of BLOCK_ROWS rows
-# (fewer, larger calls), so parsed blocks are gathered up to that size.
+# The engine types blocks of READ_BYTES of CSV (about 20k rows of a 64-column extract): large enough
+# that the per-call overhead of ~1,000 compute calls a block is small, small enough for a flat memory.
+# Arrow's CSV reader parses each block in CSV_BLOCK_BYTES pieces (fastest for it).
+READ_BYTES = 16 << 20
 CSV_BLOCK_BYTES = 4 << 20
-BLOCK_ROWS = 65_536
 _COPY_READ = 1 << 20
 
 
@@ -88,33 +89,43 @@ def _spool_raw(conn: psycopg.Connection, spec: ExtractSpec, file_id: int, column
     out.seek(0)
 
 
-def _batches(spool: IO[bytes], columns: list[str], include: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    if spool.seek(0, 2) == 0:  # a file without rows (Arrow refuses an empty CSV)
-        return
-    spool.seek(0)
+def _record_end(buf: bytes) -> int:
+    """The length of the complete CSV records at the start of `buf` (0 if none): the last LF outside a
+    quoted value. Postgres quotes a value holding a quote, delimiter, CR or LF and doubles its quotes, so
+    an LF ends a record exactly when the number of quotes before it is even."""
+    p = buf.rfind(b"\n")
+    while p >= 0:
+        if buf.count(b'"', 0, p) % 2 == 0:
+            return p + 1
+        p = buf.rfind(b"\n", 0, p)
+    return 0
+
+
+def _batches(spool: IO[bytes], columns: list[str], read_bytes: int = READ_BYTES) -> Iterator[pa.Table]:
+    """The spooled CSV as tables of about `read_bytes` each, parsed by Arrow in 4 MiB blocks on this
+    thread (the other core is Postgres'; threads also cost memory). Read in bounded pieces cut at record ends: Arrow's streaming reader reads a Python file
+    ahead without limit."""
     types = {c: pa.string() for c in columns}
     types[ROW_NUMBER] = pa.int64()
-    reader = pacsv.open_csv(
-        spool,
-        read_options=pacsv.ReadOptions(column_names=columns, block_size=CSV_BLOCK_BYTES),
+    options = dict(
+        read_options=pacsv.ReadOptions(column_names=columns, block_size=CSV_BLOCK_BYTES, use_threads=False),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False,
-            include_columns=include,
-        ),
+        convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
+                                             quoted_strings_can_be_null=False),
     )
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in reader:
-        if not batch.num_rows:
-            continue
-        pending.append(batch)
-        rows += batch.num_rows
-        if rows >= BLOCK_ROWS:
-            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-            pending, rows = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+    spool.seek(0)
+    carry = b""
+    while True:
+        data = spool.read(read_bytes)
+        if not data:
+            break
+        buf = carry + data if carry else data
+        cut = _record_end(buf)
+        if cut:
+            yield pacsv.read_csv(pa.py_buffer(memoryview(buf)[:cut]), **options)
+        carry = buf[cut:]
+    if carry:
+        yield pacsv.read_csv(pa.py_buffer(carry), **options)
 
 
 def _encoder(schema: pa.Schema, jsonb: tuple[str, ...]) -> pgpq.ArrowToPostgresBinaryEncoder:
@@ -189,7 +200,7 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
         key_columns = [ROW_NUMBER, *spec.natural_key]
         with tempfile.TemporaryFile(prefix="indici-keys-") as keys_spool:
             _spool_raw(conn, spec, record.file_id, key_columns, keys_spool)
-            for batch in _batches(keys_spool, key_columns):
+            for batch in _batches(keys_spool, key_columns, 64 << 20):
                 ok, typed = engine.check_keys(batch)
                 hashes.append(engine.key_hashes(typed)[ok])
         all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
@@ -250,8 +261,9 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                     if hold.any():
                         hold_arrow = pa.array(hold, pa.bool_())
                         keep_idx = np.flatnonzero(block.keep)
+                        held_idx = pa.array(keep_idx[hold])
                         texts = pc.binary_join_element_wise(
-                            *[pc.take(batch.column(c), pa.array(keep_idx[hold])) for c in spec.column_names],
+                            *[pc.take(batch.column(c), held_idx).combine_chunks() for c in spec.column_names],
                             ROW_TEXT_SEPARATOR,
                         )
                         held.append((kept.filter(hold_arrow), texts,
@@ -264,6 +276,7 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                     if kept.num_rows:
                         copy.write(stg_encoder.write_batch(lineage.stg_batch(kept)))
                         staged += kept.num_rows
+                    del batch, block, kept  # before the next block is read: one block in memory
                 if held:
                     survivors, superseded_rows = _resolve(spec, held)
                     for table, violations in survivors:
