@@ -7,7 +7,7 @@ On the file's own connection and transaction (the caller's):
    time, and the typed rows go back in on the same connection).
 2. Key pass: the natural-key columns of the spool are typed and hashed; hashes seen more than once mark
    the rows that may be superseded (usually none).
-3. Main pass, block by block (READ_BYTES of CSV, about 20k rows): the engine types the block; kept rows
+3. Main pass, block by block (READ_BYTES of CSV, about 10k rows): the engine types the block; kept rows
    go straight into `COPY stg.<t> ... FROM STDIN (FORMAT binary)` (pgpq), sent by a writer thread
    while the next block is typed; rejects are encoded into a second spool; rows whose key hash repeats
    are held back.
@@ -43,10 +43,10 @@ from contracts.types import ContractType
 from worker.io.copy_writer import BoundedQueuedWriter
 from worker.pipeline.typing_engine.engine import ROW_NUMBER, DqCounts, TypedBlock, TypingEngine
 
-# The engine types blocks of READ_BYTES of CSV (about 20k rows of a 64-column extract): large enough
+# The engine types blocks of READ_BYTES of CSV (about 10k rows of a 64-column extract): large enough
 # that the per-call overhead of ~1,000 compute calls a block is small, small enough for a flat memory.
 # Arrow's CSV reader parses each block in CSV_BLOCK_BYTES pieces (fastest for it).
-READ_BYTES = 16 << 20
+READ_BYTES = 8 << 20
 CSV_BLOCK_BYTES = 4 << 20
 _COPY_READ = 1 << 20
 
@@ -200,7 +200,7 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
         key_columns = [ROW_NUMBER, *spec.natural_key]
         with tempfile.TemporaryFile(prefix="indici-keys-") as keys_spool:
             _spool_raw(conn, spec, record.file_id, key_columns, keys_spool)
-            for batch in _batches(keys_spool, key_columns, 64 << 20):
+            for batch in _batches(keys_spool, key_columns, 16 << 20):
                 ok, typed = engine.check_keys(batch)
                 hashes.append(engine.key_hashes(typed)[ok])
         all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
