@@ -5,9 +5,11 @@ On the file's own connection and transaction (the caller's):
 1. The file's raw rows are streamed out with `COPY (SELECT row_number, <fields> FROM raw.<t> WHERE
    load_file_id = ...) TO STDOUT (FORMAT csv)` into a local spool file (a connection runs one COPY at a
    time, and the typed rows go back in on the same connection).
-2. Key pass: the natural-key columns of the spool are typed and hashed; hashes seen more than once mark
-   the rows that may be superseded (usually none).
-3. Main pass, block by block (READ_BYTES of CSV, about 10k rows): the engine types the block; kept rows
+2. A pass over the spool, inside a savepoint, holding nothing back (a file rarely repeats a key).
+   Should stg's unique (load_file_id, natural key) constraint fail, the savepoint is rolled back and
+   the key pass runs: the natural-key columns (a narrow COPY) are typed and hashed, and hashes seen
+   more than once mark the rows that may be superseded; then the pass runs again.
+3. The pass, block by block (READ_BYTES of CSV, about 10k rows): the engine types the block; kept rows
    go straight into `COPY stg.<t> ... FROM STDIN (FORMAT binary)` (pgpq), sent by a writer thread
    while the next block is typed; rejects are encoded into a second spool; rows whose key hash repeats
    are held back.
@@ -103,8 +105,8 @@ def _record_end(buf: bytes) -> int:
 
 def _batches(spool: IO[bytes], columns: list[str], read_bytes: int = READ_BYTES) -> Iterator[pa.Table]:
     """The spooled CSV as tables of about `read_bytes` each, parsed by Arrow in 4 MiB blocks on this
-    thread (the other core is Postgres'; threads also cost memory). Read in bounded pieces cut at record ends: Arrow's streaming reader reads a Python file
-    ahead without limit."""
+    thread (the other core is Postgres'; threads also cost memory). Read in bounded pieces cut at
+    record ends: Arrow's streaming reader reads a Python file ahead without limit."""
     types = {c: pa.string() for c in columns}
     types[ROW_NUMBER] = pa.int64()
     options = dict(
@@ -166,62 +168,92 @@ def _copy_into(cur: psycopg.Cursor, table: sql.Composable, columns: list[str]):
 
 
 def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineResult:
-    """Type the file's raw rows into stg.<t> and etl.rejects_<t>; the counts for dq."""
+    """Type the file's raw rows into stg.<t> and etl.rejects_<t>; the counts for dq.
+
+    Optimistic about duplicates: the first pass holds nothing back, inside a savepoint. A natural key
+    repeated among the kept rows violates stg's unique (load_file_id, key) constraint; then the
+    savepoint is rolled back, the key pass finds the repeated keys and the second pass holds their rows
+    back and applies the duplicate-key rule.
+    """
     engine = TypingEngine(spec, mapped_domains(conn, spec))
     columns = [ROW_NUMBER, *spec.column_names]
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - clock[0]
+        clock[0] = now
+
+    with tempfile.TemporaryFile(prefix="indici-stage-") as spool:
+        _spool_raw(conn, spec, record.file_id, columns, spool)
+        lap("spool")
+        try:
+            with conn.transaction():
+                result = _pass(conn, spec, record, engine, spool, None, lap)
+        except psycopg.errors.UniqueViolation:
+            lap("duplicates_found")
+            repeated = _repeated_keys(conn, spec, record, engine)
+            lap("keys")
+            result = _pass(conn, spec, record, engine, spool, repeated, lap)
+    result.seconds = seconds
+    return result
+
+
+def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine) -> np.ndarray:
+    """The 64-bit hashes of typed natural keys that occur more than once in the file (among rows whose
+    key parses), from a narrow COPY of the key columns."""
+    hashes = []
+    key_columns = [ROW_NUMBER, *spec.natural_key]
+    with tempfile.TemporaryFile(prefix="indici-keys-") as keys_spool:
+        _spool_raw(conn, spec, record.file_id, key_columns, keys_spool)
+        for batch in _batches(keys_spool, key_columns, 16 << 20):
+            ok, typed = engine.check_keys(batch)
+            hashes.append(engine.key_hashes(typed)[ok])
+    all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    unique, repeats = np.unique(all_hashes, return_counts=True)
+    return unique[repeats > 1]
+
+
+def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, spool: IO[bytes],
+          repeated: np.ndarray | None, lap) -> EngineResult:
+    """One pass over the spooled raw rows: typed rows into stg (binary COPY), rejects after. Kept rows
+    whose key hash is in `repeated` are held back and resolved by the duplicate-key rule at the end."""
     counts = DqCounts()
     lineage = _Lineage(record, engine)
     stg = sql.Identifier(naming.STG, naming.stg_table(spec))
     numeric = [c.column for c in spec.columns if c.type is ContractType.NUMERIC]
+    columns = [ROW_NUMBER, *spec.column_names]
     rejects_schema = pa.schema(
         [pa.field("load_file_id", pa.int64()), pa.field(ROW_NUMBER, pa.int64()), pa.field("load_run_id", pa.int64()),
          pa.field("row_text", pa.string()), pa.field("field_errors", pa.string())]
     )
     reject_encoder = _encoder(rejects_schema, ("field_errors",))
+    stg_encoder = _encoder(lineage.schema, ("field_errors",))
     staged = rejected = superseded = 0
+    held: list[tuple[pa.Table, pa.Array, list]] = []
 
-    with tempfile.TemporaryFile(prefix="indici-stage-") as spool, \
-            tempfile.TemporaryFile(prefix="indici-rejects-") as rejects_spool:
-        clock = time.perf_counter()
-        seconds: dict[str, float] = {}
+    def count_kept(block_kept: pa.Table, violations: list, keep_mask: np.ndarray | None) -> None:
+        for name in spec.column_names:
+            counts.stg_nulls[name] += block_kept.column(name).null_count
+        for nullified, key in violations:
+            n = int((nullified if keep_mask is None else nullified[keep_mask]).sum())
+            if n:
+                counts.rule_violations[key] += n
 
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            seconds[name] = seconds.get(name, 0.0) + now - clock
-            clock = now
-
-        _spool_raw(conn, spec, record.file_id, columns, spool)
-        lap("spool")
-
-        # Key pass: which key hashes repeat in the file (among rows whose key parses), from a narrow
-        # COPY of the key columns (cheaper than parsing the whole spool twice).
-        hashes = []
-        key_columns = [ROW_NUMBER, *spec.natural_key]
-        with tempfile.TemporaryFile(prefix="indici-keys-") as keys_spool:
-            _spool_raw(conn, spec, record.file_id, key_columns, keys_spool)
-            for batch in _batches(keys_spool, key_columns, 16 << 20):
-                ok, typed = engine.check_keys(batch)
-                hashes.append(engine.key_hashes(typed)[ok])
-        all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        unique, repeats = np.unique(all_hashes, return_counts=True)
-        repeated = unique[repeats > 1]
-        del all_hashes, unique, repeats, hashes
-
-        lap("keys")
+    with tempfile.TemporaryFile(prefix="indici-rejects-") as rejects_spool:
         rejects_spool.write(reject_encoder.write_header())
 
         def write_rejects(table: pa.Table) -> int:
-            if not table.num_rows:
-                return 0
             n = table.num_rows
-            batch = pa.RecordBatch.from_arrays(
-                [pa.repeat(lineage.file_id, n), table.column(ROW_NUMBER).combine_chunks(),
-                 pa.repeat(pa.scalar(record.load_run_id, pa.int64()), n),
-                 table.column("row_text").combine_chunks(), table.column("field_errors").combine_chunks()],
-                schema=rejects_schema,
-            )
-            rejects_spool.write(reject_encoder.write_batch(batch))
+            if n:
+                batch = pa.RecordBatch.from_arrays(
+                    [pa.repeat(lineage.file_id, n), table.column(ROW_NUMBER).combine_chunks(),
+                     pa.repeat(pa.scalar(record.load_run_id, pa.int64()), n),
+                     table.column("row_text").combine_chunks(), table.column("field_errors").combine_chunks()],
+                    schema=rejects_schema,
+                )
+                rejects_spool.write(reject_encoder.write_batch(batch))
             return n
 
         if numeric:
@@ -235,17 +267,6 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                 )
         else:
             target = stg
-        stg_encoder = _encoder(lineage.schema, ("field_errors",))
-        held: list[tuple[pa.Table, pa.Array, list]] = []
-
-        def count_kept(block_kept: pa.Table, violations: list, keep_mask: np.ndarray | None) -> None:
-            for name in spec.column_names:
-                column = block_kept.column(name)
-                counts.stg_nulls[name] += column.null_count
-            for nullified, key in violations:
-                n = int((nullified if keep_mask is None else nullified[keep_mask]).sum())
-                if n:
-                    counts.rule_violations[key] += n
 
         with conn.cursor() as cur:
             with _copy_into(cur, target, lineage.schema.names) as copy:
@@ -255,18 +276,17 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                     rejected += write_rejects(block.rejects)
                     kept = block.kept
                     hold = np.zeros(kept.num_rows, dtype=bool)
-                    if len(repeated) and kept.num_rows:
+                    if repeated is not None and len(repeated) and kept.num_rows:
                         key_columns = [kept.column(k).combine_chunks() for k in spec.natural_key]
                         hold = np.isin(engine.key_hashes(key_columns), repeated)
                     if hold.any():
-                        hold_arrow = pa.array(hold, pa.bool_())
                         keep_idx = np.flatnonzero(block.keep)
                         held_idx = pa.array(keep_idx[hold])
                         texts = pc.binary_join_element_wise(
                             *[pc.take(batch.column(c), held_idx).combine_chunks() for c in spec.column_names],
                             ROW_TEXT_SEPARATOR,
                         )
-                        held.append((kept.filter(hold_arrow), texts,
+                        held.append((kept.filter(pa.array(hold, pa.bool_())), texts,
                                      [(v[hold], key) for v, key in block.kept_violations]))
                         free = ~hold
                         kept = kept.filter(pa.array(free, pa.bool_()))
@@ -307,8 +327,8 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                 with _copy_into(cur, rejects, rejects_schema.names) as copy:
                     while data := rejects_spool.read(8 << 20):
                         copy.write(data)
-        lap("rejects")
-    return EngineResult(staged=staged, rejected=rejected, superseded=superseded, counts=counts, seconds=seconds)
+            lap("rejects")
+    return EngineResult(staged=staged, rejected=rejected, superseded=superseded, counts=counts)
 
 
 def _resolve(spec: ExtractSpec, held: list[tuple[pa.Table, pa.Array, list]]):
