@@ -98,9 +98,12 @@ def _utf8_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _fields(data: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     """The first `width` bytes of each value as an n x width matrix of digit values (byte - '0', int16);
     past a value's end, or for bytes that are not digits, meaningless (callers use matched values only)."""
-    padded = np.concatenate([data, np.zeros(width, np.uint8)])
-    index = starts[:, None] + np.arange(width)[None, :]
-    return padded[index].astype(np.int16) - 48
+    if len(starts) == 0:
+        return np.zeros((0, width), np.int16)
+    if int(starts.max()) + width > len(data):
+        data = np.concatenate([data, np.zeros(width, np.uint8)])
+    windows = np.lib.stride_tricks.sliding_window_view(data, width)  # a view: no copy
+    return windows[starts].astype(np.int16) - 48
 
 
 def _number(fields: np.ndarray, position: int, count: int) -> np.ndarray:

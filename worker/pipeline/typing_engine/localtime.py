@@ -23,11 +23,11 @@ import numpy as np
 from contracts.types import PLAUSIBLE_DATES, SOURCE_TIME_ZONE
 
 DAY = 86_400
+_EPOCH = datetime(1970, 1, 1)
 
 
 def _offset(zone: ZoneInfo, utc_seconds: int) -> int:
-    instant = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=utc_seconds)
-    offset = instant.astimezone(zone).utcoffset()
+    offset = zone.fromutc((_EPOCH + timedelta(seconds=utc_seconds)).replace(tzinfo=zone)).utcoffset()
     assert offset is not None
     return int(offset.total_seconds())
 
@@ -46,7 +46,9 @@ def transitions(zone_name: str = SOURCE_TIME_ZONE) -> tuple[np.ndarray, np.ndarr
     offsets = [_offset(zone, start)]
     t = start
     previous = offsets[0]
-    step = 7 * DAY  # Pacific/Auckland never changed its offset twice within a week (checked by the tests)
+    # Pacific/Auckland never changed its offset twice within 28 days (its changes since 1868 are months
+    # apart); each change found is then located to the second.
+    step = 28 * DAY
     while t < end:
         nxt = t + step
         current = _offset(zone, nxt)
