@@ -65,7 +65,7 @@ TYPE_RULES: dict[ContractType, TypeRule] = {
     ContractType.DOUBLE: TypeRule(
         "double precision",
         DOUBLE_PRECISION(),
-        r"^[+-]?([0-9]{1,20}(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,2})?$",
+        r"^[+-]?([0-9]{1,20}(\.[0-9]{0,200})?|\.[0-9]{1,200})([eE][+-]?[0-9]{1,2})?$",
         "double",
     ),
     ContractType.DATE: TypeRule(
@@ -85,6 +85,16 @@ TYPE_RULES: dict[ContractType, TypeRule] = {
     ),
 }
 
+# Where a value matches its pattern but cannot be stored as written, the type's rule fails too (the value
+# is nullified with its error, or the row rejected for a required column), never the whole file:
+# - dates and timestamps outside PLAUSIBLE_DATES (the date part, inclusive). A year-1000 typo would
+#   otherwise reach core and stretch core.dim_date by centuries. The bounds are fixed dates, not "today
+#   plus N years", so that re-staging the same raw rows always gives the same stg rows.
+# - money that rounds (half away from zero, to 2 decimals) to 10^12 or more: numeric(14,2) overflows.
+# - doubles: at most 200 fraction digits, so no value underflows to zero (which Postgres refuses).
+PLAUSIBLE_DATES = ("1900-01-01", "2099-12-31")
+MONEY_LIMIT = "999999999999.995"
+
 # Dates before this are the source's way of saying "no date" (1900-01-01) and become NULL in stg.
 NO_DATE_SENTINEL = "1900-01-01"
 
@@ -102,6 +112,8 @@ __all__ = [
     "TypeRule",
     "TYPE_RULES",
     "NO_DATE_SENTINEL",
+    "PLAUSIBLE_DATES",
+    "MONEY_LIMIT",
     "SOURCE_TIME_ZONE",
     "rule_for",
 ]

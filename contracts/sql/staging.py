@@ -1,5 +1,10 @@
 """Contract -> the set-based statements that stage a landed file from raw into stg and rejects.
 
+These statements are the reference definition of the staging rules. Files are staged by the vectorised
+typing engine (worker/pipeline/typing_engine), whose equivalence with these statements and with
+Postgres' own casts is a property test (tests/integration/worker/pipeline/typing_engine/); the stage
+step runs these statements only for a contract the engine does not support.
+
 Three statements per file, each one pass over the file's raw rows, built from the contract only:
 
 1. `duplicates`: among the rows that pass the reject rules, the (row, superseded-by row) pairs of natural
@@ -20,6 +25,8 @@ Rules (tested in tests/integration/worker/pipeline/test_stage.py):
   required column it counts as missing.
 - Local times are Pacific/Auckland. A time in the skipped hour of spring-forward, or in the repeated hour
   of fall-back, is read with NZ standard time (+12:00), which is what Postgres' AT TIME ZONE does.
+- Values that match their pattern but cannot be stored fail their type's rule like any bad value
+  (contracts/types.py): dates outside PLAUSIBLE_DATES, money rounding to 10^12 or more.
 - A natural key repeated in one file keeps its last row; the earlier rows are rejected with the rule
   `duplicate_key` and the row that superseded them.
 
@@ -37,7 +44,14 @@ from psycopg import sql
 
 from contracts import naming
 from contracts.model import ColumnSpec, ExtractSpec, Severity
-from contracts.types import NO_DATE_SENTINEL, SOURCE_TIME_ZONE, ContractType, rule_for
+from contracts.types import (
+    MONEY_LIMIT,
+    NO_DATE_SENTINEL,
+    PLAUSIBLE_DATES,
+    SOURCE_TIME_ZONE,
+    ContractType,
+    rule_for,
+)
 
 # Whitespace trimmed from typed values before they are checked.
 TRIM_CHARS = " \t\r\n"
@@ -97,7 +111,14 @@ def parse_ok(col_type: ContractType, v: sql.Composable) -> sql.Composable:
         return sql.SQL("({} IS NOT NULL)").format(v)
     matches = sql.SQL("{} ~ {}").format(v, _lit(rule.pattern))
     if col_type in DATE_TYPES:
-        return sql.SQL("CASE WHEN {} THEN {} ELSE false END").format(matches, _day_exists(v))
+        in_range = sql.SQL('(left({v}, 10) COLLATE "C" BETWEEN {lo} AND {hi})').format(
+            v=v, lo=_lit(PLAUSIBLE_DATES[0]), hi=_lit(PLAUSIBLE_DATES[1])
+        )
+        return sql.SQL("CASE WHEN {} THEN {} AND {} ELSE false END").format(matches, in_range, _day_exists(v))
+    if col_type is ContractType.MONEY:
+        return sql.SQL("CASE WHEN {m} THEN abs({v}::numeric) < {limit}::numeric ELSE false END").format(
+            m=matches, v=v, limit=_lit(MONEY_LIMIT)
+        )
     return matches
 
 

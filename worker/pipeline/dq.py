@@ -92,6 +92,37 @@ def record_domain_values(conn, spec: ExtractSpec, file_id: int) -> None:
         )
 
 
+def record_domain_values_seen(conn, spec: ExtractSpec, file_id: int, seen: dict[str, set[str]]) -> None:
+    """record_domain_values for values the typing engine collected (distinct raw values <> '')."""
+    for col in spec.columns:
+        if not col.domain or not seen.get(col.column):
+            continue
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {domain} (value, first_seen_file_id) "
+                "SELECT DISTINCT v, %(f)s FROM unnest(%(values)s::text[]) AS t(v) "
+                "ON CONFLICT (value) DO UPDATE SET last_seen_at = now()"
+            ).format(domain=sql.Identifier(naming.ETL, naming.domain_table(col.domain))),
+            {"f": file_id, "values": sorted(seen[col.column])},
+        )
+
+
+def _unmapped_seen(conn, spec: ExtractSpec, seen: dict[str, set[str]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for col in spec.columns:
+        if not col.domain or not seen.get(col.column):
+            continue
+        rows = conn.execute(
+            sql.SQL("SELECT value FROM {} WHERE value = ANY(%s::text[]) AND NOT is_mapped ORDER BY 1 LIMIT 50").format(
+                sql.Identifier(naming.ETL, naming.domain_table(col.domain))
+            ),
+            (sorted(seen[col.column]),),
+        ).fetchall()
+        if rows:
+            found[col.column] = [r[0] for r in rows]
+    return found
+
+
 def _unmapped(conn, spec: ExtractSpec, file_id: int) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for col in spec.columns:
@@ -115,9 +146,49 @@ def _unmapped(conn, spec: ExtractSpec, file_id: int) -> dict[str, list[str]]:
 
 def evaluate(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int, rejected: int,
              superseded: int) -> DqOutcome:
-    """Compute the checks of one file (no writes)."""
-    outcome = DqOutcome()
+    """Compute the checks of one file (no writes), with set-based queries over raw, stg and rejects."""
+    required = [c.column for c in spec.columns if c.required or c.column in spec.natural_key]
     held_to = relaxed.for_file(conn, spec, file_id)  # ops (issue 9): a window's relaxed thresholds, recorded
+    limits = held_to.max_null_rate
+    return _outcome(
+        conn, spec, held_to, rows_read, staged, rejected, superseded,
+        rule_counts=_rule_counts(conn, spec, file_id),
+        empty_rates=_empty_rates(conn, spec, file_id, required),
+        null_rates=_stg_null_rates(conn, spec, file_id, sorted(limits)),
+        unmapped=_unmapped(conn, spec, file_id),
+        limits=limits,
+    )
+
+
+def evaluate_counts(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int, rejected: int,
+                    superseded: int, counts) -> DqOutcome:
+    """The same checks as `evaluate`, from the counts the typing engine collected while it typed the
+    file (worker.pipeline.typing_engine.DqCounts); only the domain tables and config are queried."""
+    required = [c.column for c in spec.columns if c.required or c.column in spec.natural_key]
+    held_to = relaxed.for_file(conn, spec, file_id)  # ops (issue 9): a window's relaxed thresholds, recorded
+    limits = held_to.max_null_rate
+
+    def share(n: int, of: int) -> float:
+        return n / of if of else 0.0
+
+    rule_counts = sorted(
+        ((column, rule, severity, n) for (column, rule, severity), n in counts.rule_violations.items() if n),
+        key=lambda r: (r[0] is None, r[0] or "", r[1]),
+    )
+    return _outcome(
+        conn, spec, held_to, rows_read, staged, rejected, superseded,
+        rule_counts=rule_counts,
+        empty_rates={c: share(counts.empty[c], rows_read) for c in required},
+        null_rates={c: share(counts.stg_nulls[c], staged) for c in sorted(limits)},
+        unmapped=_unmapped_seen(conn, spec, counts.domain_values),
+        limits=limits,
+    )
+
+
+def _outcome(conn, spec: ExtractSpec, held_to: relaxed.Thresholds, rows_read: int, staged: int, rejected: int,
+             superseded: int, *, rule_counts, empty_rates: dict[str, float], null_rates: dict[str, float],
+             unmapped: dict[str, list[str]], limits) -> DqOutcome:
+    outcome = DqOutcome()
     max_reject_rate = held_to.max_reject_rate
     reject_rate = (rejected / rows_read) if rows_read else 0.0
     min_rows = int(config.get_value(conn, spec.extract, "min_rows_for_rates", spec.dq.min_rows_for_rates))
@@ -133,20 +204,18 @@ def evaluate(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int,
               detail={**({} if rates_apply else {"not_applied": f"fewer than {min_rows} rows"}),
                       **relaxed.detail(held_to, "max_reject_rate")} or None),
     ]
-    for column, rule, severity, count in _rule_counts(conn, spec, file_id):
+    for column, rule, severity, count in rule_counts:
         outcome.checks.append(
             Check("rule_violations", True, count, column_name=column, rule=rule, detail={"severity": severity})
         )
-    required = [c.column for c in spec.columns if c.required or c.column in spec.natural_key]
-    for column, rate in _empty_rates(conn, spec, file_id, required).items():
+    for column, rate in empty_rates.items():
         outcome.checks.append(Check("empty_rate", True, rate, column_name=column, rule="required"))
-    limits = held_to.max_null_rate
-    for column, rate in _stg_null_rates(conn, spec, file_id, sorted(limits)).items():
+    for column, rate in null_rates.items():
         outcome.checks.append(
             Check("null_rate", rate <= float(limits[column]) or not rates_apply, rate, float(limits[column]),
                   column_name=column, detail=relaxed.detail(held_to, "max_null_rate", column) or None)
         )
-    for column, values in _unmapped(conn, spec, file_id).items():
+    for column, values in unmapped.items():
         outcome.checks.append(
             Check("unmapped_domain_values", True, len(values), column_name=column,
                   rule=spec.column(column).domain, detail={"values": values})

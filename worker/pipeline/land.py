@@ -2,7 +2,8 @@
 
 `land_version` is the step: spool the object version to a temporary file while hashing it, refuse
 content already loaded under another version (duplicate), then stream the bytes through the Indici
-reader into COPY with every row's number and lineage. It runs inside the transaction that
+reader into COPY with every row's number and lineage (sent by a writer thread, so decoding overlaps
+the COPY). It runs inside the transaction that
 worker/pipeline/lifecycle.py opens (the file's advisory lock held, its ledger row re-read), never
 commits and never writes the file's state: it returns what happened and the lifecycle records it in
 the same transaction. A format error rolls that transaction back, so a bad file lands no rows, and the
@@ -22,6 +23,7 @@ from psycopg import sql
 from contracts import naming
 from contracts.model import LINEAGE_COLUMNS, ExtractSpec
 from contracts.registry import get as get_spec
+from worker.io.copy_writer import BoundedQueuedWriter
 from worker.io.indici_reader import IndiciReader, escape_copy_text
 from worker.io.s3 import spool_version
 from worker.log import get_logger
@@ -123,7 +125,8 @@ def land_version(conn: psycopg.Connection, s3_client, record: ledger.FileRecord,
         reader = IndiciReader(chunks, spec.field_count)
         prefix = lineage_prefix(record, file_hash, landed_at)
         with conn.cursor() as cur:
-            with cur.copy(copy_statement(spec)) as copy:
+            # A writer thread sends each block while the reader decodes the next one.
+            with cur.copy(copy_statement(spec), writer=BoundedQueuedWriter(cur)) as copy:
                 for block in reader.copy_bytes(prefix):
                     copy.write(block)
             rows_raw = cur.rowcount

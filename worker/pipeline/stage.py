@@ -1,7 +1,13 @@
-"""Staging: one landed file from raw into stg.<t> and etl.rejects_<t>, by one generated statement.
+"""Staging: one landed file from raw into stg.<t> and etl.rejects_<t>.
+
+The typing engine (worker/pipeline/typing_engine) streams the file's raw rows out of Postgres, types them
+in Arrow and binary-COPYs typed rows and rejects back in, on the file's connection and transaction. The
+generated SQL statements (contracts/sql/staging.py, the reference rules) stage a contract the engine does
+not support (`_stage_sql`).
 
 `stage_version` is the step; worker/pipeline/lifecycle.py runs it under the file's lock, records the
-file's state and commits."""
+file's state and commits.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from contracts.registry import get as get_spec
 from contracts.sql.staging import StagingSql, staging_sql
 from worker.log import get_logger
 from worker.pipeline import dq, ledger
+from worker.pipeline.typing_engine import UnsupportedContract, stage_rows
 
 log = get_logger(__name__)
 
@@ -63,6 +70,31 @@ def stage_version(conn: psycopg.Connection, record: ledger.FileRecord) -> tuple[
 
 
 def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecord) -> tuple[StageResult, dq.DqOutcome]:
+    """Stage one landed file's rows (inside the caller's transaction; no ledger writes) and compute its
+    data-quality outcome. Raises ReconciliationError when a row would be lost or doubled."""
+    try:
+        engine = stage_rows(conn, spec, record)
+    except UnsupportedContract:
+        return _stage_sql(conn, spec, record)
+    staged, rejected, superseded = engine.staged, engine.rejected, engine.superseded
+    log.info("file typed", seconds={k: round(v, 3) for k, v in engine.seconds.items()})
+    _reconcile(record, staged, rejected, superseded)
+    dq.record_domain_values_seen(conn, spec, record.file_id, engine.counts.domain_values)
+    outcome = dq.evaluate_counts(conn, spec, record.file_id, record.rows_read or 0, staged, rejected, superseded, engine.counts)
+    return StageResult(record.file_id, "staged", staged, rejected, superseded), outcome
+
+
+def _reconcile(record: ledger.FileRecord, staged: int, rejected: int, superseded: int) -> None:
+    if record.rows_raw != rejected + superseded + staged or record.rows_read != record.rows_raw:
+        raise ReconciliationError(
+            f"{record.s3_key}: read {record.rows_read}, raw {record.rows_raw}, staged {staged} + "
+            f"rejected {rejected} + superseded {superseded}"
+        )
+
+
+def _stage_sql(conn: psycopg.Connection, spec: ExtractSpec,
+               record: ledger.FileRecord) -> tuple[StageResult, dq.DqOutcome]:
+    """The reference path: the generated statements of contracts/sql/staging.py, all in Postgres."""
     dq.record_domain_values(conn, spec, record.file_id)
     statements = _statements(spec.extract)
     params = {
@@ -83,10 +115,6 @@ def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecor
     staged = conn.execute(statements.staged_insert, params).rowcount
     superseded = len(pairs)
     rejected = conn.execute(statements.rejects_insert, params).rowcount - superseded
-    if record.rows_raw != rejected + superseded + staged or record.rows_read != record.rows_raw:
-        raise ReconciliationError(
-            f"{record.s3_key}: read {record.rows_read}, raw {record.rows_raw}, staged {staged} + "
-            f"rejected {rejected} + superseded {superseded}"
-        )
+    _reconcile(record, staged, rejected, superseded)
     outcome = dq.evaluate(conn, spec, record.file_id, record.rows_read, staged, rejected, superseded)
     return StageResult(record.file_id, "staged", staged, rejected, superseded), outcome

@@ -1,0 +1,367 @@
+"""Stage one landed file with the typing engine: raw rows out of Postgres, typed in Arrow, binary COPY in.
+
+On the file's own connection and transaction (the caller's):
+
+1. The file's raw rows are streamed out with `COPY (SELECT row_number, <fields> FROM raw.<t> WHERE
+   load_file_id = ...) TO STDOUT (FORMAT csv)` into a local spool file (a connection runs one COPY at a
+   time, and the typed rows go back in on the same connection).
+2. A pass over the spool, inside a savepoint, holding nothing back (a file rarely repeats a key).
+   Should stg's unique (load_file_id, natural key) constraint fail, the savepoint is rolled back and
+   the key pass runs: the natural-key columns (a narrow COPY) are typed and hashed, and hashes seen
+   more than once mark the rows that may be superseded; then the pass runs again.
+3. The pass, block by block (READ_BYTES of CSV, about 10k rows): the engine types the block; kept rows
+   go straight into `COPY stg.<t> ... FROM STDIN (FORMAT binary)` (pgpq), sent by a writer thread
+   while the next block is typed; rejects are encoded into a second spool; rows whose key hash repeats
+   are held back.
+4. The held-back rows are resolved exactly (typed key, last row wins): the survivors join the stg COPY,
+   the others become `duplicate_key` rejects. Then the rejects spool is copied into etl.rejects_<t>.
+
+Memory: one block of strings and its typed columns, the key hashes (8 bytes a row) and the held-back
+rows; never the whole file as Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import IO, Iterator
+
+import numpy as np
+import pgpq
+import pgpq.encoders
+import pgpq.schema
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from contracts import naming
+from contracts.model import ExtractSpec
+from contracts.sql.staging import ROW_TEXT_SEPARATOR
+from contracts.types import ContractType
+from worker.io.copy_writer import BoundedQueuedWriter
+from worker.pipeline.typing_engine.engine import ROW_NUMBER, DqCounts, TypedBlock, TypingEngine
+
+# The engine types blocks of READ_BYTES of CSV (about 10k rows of a 64-column extract): large enough
+# that the per-call overhead of ~1,000 compute calls a block is small, small enough for a flat memory.
+# Arrow's CSV reader parses each block in CSV_BLOCK_BYTES pieces (fastest for it).
+READ_BYTES = 8 << 20
+CSV_BLOCK_BYTES = 4 << 20
+_COPY_READ = 1 << 20
+
+
+@dataclass
+class EngineResult:
+    staged: int
+    rejected: int
+    superseded: int
+    counts: DqCounts = field(default_factory=DqCounts)
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of the parts: spool (raw out), keys, typing (read + type + encode), copy_wait (until the
+    stg COPY completed after the last block), rejects."""
+
+
+def mapped_domains(conn: psycopg.Connection, spec: ExtractSpec) -> dict[str, list[str]]:
+    """The mapped values of each domain whose unmapped values reject rows."""
+    found: dict[str, list[str]] = {}
+    for col in spec.columns:
+        if col.domain and col.unmapped == "reject" and col.domain not in found:
+            rows = conn.execute(
+                sql.SQL("SELECT value FROM {} WHERE is_mapped").format(
+                    sql.Identifier(naming.ETL, naming.domain_table(col.domain))
+                )
+            ).fetchall()
+            found[col.domain] = [r[0] for r in rows]
+    return found
+
+
+def _spool_raw(conn: psycopg.Connection, spec: ExtractSpec, file_id: int, columns: list[str], out: IO[bytes]) -> None:
+    statement = sql.SQL("COPY (SELECT {} FROM {} WHERE load_file_id = {}) TO STDOUT (FORMAT csv)").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.Identifier(naming.RAW, naming.raw_table(spec)),
+        sql.Literal(file_id),
+    )
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for data in copy:
+            out.write(data)
+    out.flush()
+    out.seek(0)
+
+
+def _record_end(buf: bytes) -> int:
+    """The length of the complete CSV records at the start of `buf` (0 if none): the last LF outside a
+    quoted value. Postgres quotes a value holding a quote, delimiter, CR or LF and doubles its quotes, so
+    an LF ends a record exactly when the number of quotes before it is even."""
+    p = buf.rfind(b"\n")
+    while p >= 0:
+        if buf.count(b'"', 0, p) % 2 == 0:
+            return p + 1
+        p = buf.rfind(b"\n", 0, p)
+    return 0
+
+
+def _batches(spool: IO[bytes], columns: list[str], read_bytes: int = READ_BYTES) -> Iterator[pa.Table]:
+    """The spooled CSV as tables of about `read_bytes` each, parsed by Arrow in 4 MiB blocks on this
+    thread (the other core is Postgres'; threads also cost memory). Read in bounded pieces cut at
+    record ends: Arrow's streaming reader reads a Python file ahead without limit."""
+    types = {c: pa.string() for c in columns}
+    types[ROW_NUMBER] = pa.int64()
+    options = dict(
+        read_options=pacsv.ReadOptions(column_names=columns, block_size=CSV_BLOCK_BYTES, use_threads=False),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
+                                             quoted_strings_can_be_null=False),
+    )
+    spool.seek(0)
+    carry = b""
+    while True:
+        data = spool.read(read_bytes)
+        if not data:
+            break
+        buf = carry + data if carry else data
+        cut = _record_end(buf)
+        if cut:
+            yield pacsv.read_csv(pa.py_buffer(memoryview(buf)[:cut]), **options)
+        carry = buf[cut:]
+    if carry:
+        yield pacsv.read_csv(pa.py_buffer(carry), **options)
+
+
+def _encoder(schema: pa.Schema, jsonb: tuple[str, ...]) -> pgpq.ArrowToPostgresBinaryEncoder:
+    encoders = {f.name: pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(f) for f in schema}
+    for name in jsonb:
+        encoders[name] = pgpq.encoders.StringEncoderBuilder.new_with_output(schema.field(name), pgpq.schema.Jsonb())
+    return pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(schema, encoders)
+
+
+class _Lineage:
+    """The constant lineage columns of the file's stg rows."""
+
+    def __init__(self, record, engine: TypingEngine) -> None:
+        self.values = [
+            ("s3_version_id", pa.scalar(record.s3_version_id, pa.string())),
+            ("file_hash", pa.scalar(record.file_hash, pa.string())),
+            ("date_extracted", pa.scalar(record.date_extracted, pa.timestamp("us", tz="UTC"))),
+            ("date_to", pa.scalar(record.date_to, pa.timestamp("us", tz="UTC"))),
+            ("load_run_id", pa.scalar(record.load_run_id, pa.int64())),
+        ]
+        self.file_id = pa.scalar(record.file_id, pa.int64())
+        fields = [pa.field("load_file_id", pa.int64())] + list(engine.stg_schema)
+        fields += [pa.field(name, value.type) for name, value in self.values]
+        self.schema = pa.schema(fields)
+
+    def stg_batch(self, kept: pa.Table) -> pa.RecordBatch:
+        n = kept.num_rows
+        arrays = [pa.repeat(self.file_id, n)] + [c.combine_chunks() for c in kept.columns]
+        arrays += [pa.repeat(value, n) for _, value in self.values]
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+
+def _copy_into(cur: psycopg.Cursor, table: sql.Composable, columns: list[str]):
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+        table, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    return cur.copy(statement, writer=BoundedQueuedWriter(cur))
+
+
+def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineResult:
+    """Type the file's raw rows into stg.<t> and etl.rejects_<t>; the counts for dq.
+
+    Optimistic about duplicates: the first pass holds nothing back, inside a savepoint. A natural key
+    repeated among the kept rows violates stg's unique (load_file_id, key) constraint; then the
+    savepoint is rolled back, the key pass finds the repeated keys and the second pass holds their rows
+    back and applies the duplicate-key rule.
+    """
+    engine = TypingEngine(spec, mapped_domains(conn, spec))
+    columns = [ROW_NUMBER, *spec.column_names]
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - clock[0]
+        clock[0] = now
+
+    with tempfile.TemporaryFile(prefix="indici-stage-") as spool:
+        _spool_raw(conn, spec, record.file_id, columns, spool)
+        lap("spool")
+        try:
+            with conn.transaction():
+                result = _pass(conn, spec, record, engine, spool, None, lap)
+        except psycopg.errors.UniqueViolation:
+            lap("duplicates_found")
+            repeated = _repeated_keys(conn, spec, record, engine)
+            lap("keys")
+            result = _pass(conn, spec, record, engine, spool, repeated, lap)
+    result.seconds = seconds
+    return result
+
+
+def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine) -> np.ndarray:
+    """The 64-bit hashes of typed natural keys that occur more than once in the file (among rows whose
+    key parses), from a narrow COPY of the key columns."""
+    hashes = []
+    key_columns = [ROW_NUMBER, *spec.natural_key]
+    with tempfile.TemporaryFile(prefix="indici-keys-") as keys_spool:
+        _spool_raw(conn, spec, record.file_id, key_columns, keys_spool)
+        for batch in _batches(keys_spool, key_columns, 16 << 20):
+            ok, typed = engine.check_keys(batch)
+            hashes.append(engine.key_hashes(typed)[ok])
+    all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    unique, repeats = np.unique(all_hashes, return_counts=True)
+    return unique[repeats > 1]
+
+
+def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, spool: IO[bytes],
+          repeated: np.ndarray | None, lap) -> EngineResult:
+    """One pass over the spooled raw rows: typed rows into stg (binary COPY), rejects after. Kept rows
+    whose key hash is in `repeated` are held back and resolved by the duplicate-key rule at the end."""
+    counts = DqCounts()
+    lineage = _Lineage(record, engine)
+    stg = sql.Identifier(naming.STG, naming.stg_table(spec))
+    numeric = [c.column for c in spec.columns if c.type is ContractType.NUMERIC]
+    columns = [ROW_NUMBER, *spec.column_names]
+    rejects_schema = pa.schema(
+        [pa.field("load_file_id", pa.int64()), pa.field(ROW_NUMBER, pa.int64()), pa.field("load_run_id", pa.int64()),
+         pa.field("row_text", pa.string()), pa.field("field_errors", pa.string())]
+    )
+    reject_encoder = _encoder(rejects_schema, ("field_errors",))
+    stg_encoder = _encoder(lineage.schema, ("field_errors",))
+    staged = rejected = superseded = 0
+    held: list[tuple[pa.Table, pa.Array, list]] = []
+
+    def count_kept(block_kept: pa.Table, violations: list, keep_mask: np.ndarray | None) -> None:
+        for name in spec.column_names:
+            counts.stg_nulls[name] += block_kept.column(name).null_count
+        for nullified, key in violations:
+            n = int((nullified if keep_mask is None else nullified[keep_mask]).sum())
+            if n:
+                counts.rule_violations[key] += n
+
+    with tempfile.TemporaryFile(prefix="indici-rejects-") as rejects_spool:
+        rejects_spool.write(reject_encoder.write_header())
+
+        def write_rejects(table: pa.Table) -> int:
+            n = table.num_rows
+            if n:
+                batch = pa.RecordBatch.from_arrays(
+                    [pa.repeat(lineage.file_id, n), table.column(ROW_NUMBER).combine_chunks(),
+                     pa.repeat(pa.scalar(record.load_run_id, pa.int64()), n),
+                     table.column("row_text").combine_chunks(), table.column("field_errors").combine_chunks()],
+                    schema=rejects_schema,
+                )
+                rejects_spool.write(reject_encoder.write_batch(batch))
+            return n
+
+        if numeric:
+            target = sql.Identifier("stg_engine_load")
+            conn.execute(
+                sql.SQL("CREATE TEMP TABLE stg_engine_load (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(stg)
+            )
+            for name in numeric:
+                conn.execute(
+                    sql.SQL("ALTER TABLE stg_engine_load ALTER COLUMN {} TYPE text").format(sql.Identifier(name))
+                )
+        else:
+            target = stg
+
+        with conn.cursor() as cur:
+            with _copy_into(cur, target, lineage.schema.names) as copy:
+                copy.write(stg_encoder.write_header())
+                for batch in _batches(spool, columns):
+                    block: TypedBlock = engine.type_block(batch, counts)
+                    rejected += write_rejects(block.rejects)
+                    kept = block.kept
+                    hold = np.zeros(kept.num_rows, dtype=bool)
+                    if repeated is not None and len(repeated) and kept.num_rows:
+                        key_columns = [kept.column(k).combine_chunks() for k in spec.natural_key]
+                        hold = np.isin(engine.key_hashes(key_columns), repeated)
+                    if hold.any():
+                        keep_idx = np.flatnonzero(block.keep)
+                        held_idx = pa.array(keep_idx[hold])
+                        texts = pc.binary_join_element_wise(
+                            *[pc.take(batch.column(c), held_idx).combine_chunks() for c in spec.column_names],
+                            ROW_TEXT_SEPARATOR,
+                        )
+                        held.append((kept.filter(pa.array(hold, pa.bool_())), texts,
+                                     [(v[hold], key) for v, key in block.kept_violations]))
+                        free = ~hold
+                        kept = kept.filter(pa.array(free, pa.bool_()))
+                        count_kept(kept, block.kept_violations, free)
+                    else:
+                        count_kept(kept, block.kept_violations, None)
+                    if kept.num_rows:
+                        copy.write(stg_encoder.write_batch(lineage.stg_batch(kept)))
+                        staged += kept.num_rows
+                    del batch, block, kept  # before the next block is read: one block in memory
+                if held:
+                    survivors, superseded_rows = _resolve(spec, held)
+                    for table, violations in survivors:
+                        if table.num_rows:
+                            count_kept(table, violations, None)
+                            copy.write(stg_encoder.write_batch(lineage.stg_batch(table)))
+                            staged += table.num_rows
+                    if superseded_rows.num_rows:
+                        write_rejects(superseded_rows)
+                        superseded = superseded_rows.num_rows
+                        counts.rule_violations[(None, "duplicate_key", "reject")] += superseded
+                copy.write(stg_encoder.finish())
+                lap("typing")
+            lap("copy_wait")
+            if numeric:
+                names = sql.SQL(", ").join(sql.Identifier(c) for c in lineage.schema.names)
+                values = sql.SQL(", ").join(
+                    sql.SQL("{}::numeric").format(sql.Identifier(c)) if c in numeric else sql.Identifier(c)
+                    for c in lineage.schema.names
+                )
+                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM stg_engine_load").format(stg, names, values))
+                cur.execute("DROP TABLE stg_engine_load")
+            rejects_spool.write(reject_encoder.finish())
+            rejects_spool.flush()
+            rejects_spool.seek(0)
+            if rejected or superseded:
+                rejects = sql.Identifier(naming.ETL, naming.rejects_table(spec))
+                with _copy_into(cur, rejects, rejects_schema.names) as copy:
+                    while data := rejects_spool.read(8 << 20):
+                        copy.write(data)
+            lap("rejects")
+    return EngineResult(staged=staged, rejected=rejected, superseded=superseded, counts=counts)
+
+
+def _resolve(spec: ExtractSpec, held: list[tuple[pa.Table, pa.Array, list]]):
+    """Among the held-back rows (kept rows whose key hash repeats): per exact typed key, the last row
+    stays; the earlier ones are superseded by it. Returns ([(survivors, violations)], superseded rejects)."""
+    tables = [t for t, _, _ in held]
+    combined = pa.concat_tables(tables).combine_chunks()
+    texts = pa.concat_arrays([t for _, t, _ in held])
+    keys = list(spec.natural_key)
+    last = combined.select([*keys, ROW_NUMBER]).group_by(keys).aggregate([(ROW_NUMBER, "max")])
+    joined = combined.select([*keys, ROW_NUMBER]).append_column("i", pa.array(np.arange(combined.num_rows))).join(
+        last, keys=keys, join_type="left outer"
+    ).sort_by("i")
+    last_row = joined.column(f"{ROW_NUMBER}_max").combine_chunks()
+    is_last = pc.equal(combined.column(ROW_NUMBER).combine_chunks(), last_row)
+    survivors = combined.filter(is_last)
+    violations = []
+    offset = 0
+    is_last_np = np.asarray(is_last.to_numpy(zero_copy_only=False), dtype=bool)
+    merged: dict = {}
+    for table, _, vs in held:
+        n = table.num_rows
+        for v, key in vs:
+            merged.setdefault(key, np.zeros(combined.num_rows, dtype=bool))[offset:offset + n] = v
+        offset += n
+    violations = [(v[is_last_np], key) for key, v in merged.items()]
+    gone = pc.invert(is_last)
+    gone_rows = pc.filter(combined.column(ROW_NUMBER).combine_chunks(), gone)
+    gone_last = pc.filter(last_row, gone)
+    key_list = json.dumps(keys)
+    errors = pc.binary_join_element_wise(
+        '[{"rule": "duplicate_key", "severity": "reject", "columns": ' + key_list + ', "superseded_by_row": ',
+        pc.cast(gone_last, pa.string()), "}]", "",
+    )
+    superseded = pa.table({ROW_NUMBER: gone_rows, "row_text": pc.filter(texts, gone), "field_errors": errors})
+    return [(survivors, violations)], superseded
