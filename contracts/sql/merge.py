@@ -25,7 +25,8 @@ Dimension (SCD2), for each key, from ALL counted stg versions of that key (the d
      version, effective_to = next row's effective_from (NULL for the last), is_current = last row;
      untracked attributes come from the newest version of the run, and lineage from the version that
      gave the row its values: the earliest of the run's newest versions that are identical in every
-     attribute (so an unchanged re-delivery changes nothing, and is not written).
+     attribute but DELIVERY_COLUMNS (so an unchanged re-delivery changes nothing, and is not written;
+     the row's LoadedDateTime is that of the version that gave its values, like its lineage).
   Two ways to get there, chosen per key:
   - fast path (the nightly case): the key's incoming version is its only one in the files being merged
     and no other stg version of the key is as new (one probe of the stg index on (<nk>, date_extracted)),
@@ -70,6 +71,11 @@ from contracts.types import SOURCE_TIME_ZONE, ContractType
 COUNTED_STATUSES = ("staged", "merged")
 INFERRED_FROM = "-infinity"
 LINEAGE = ("load_file_id", "row_number", "s3_version_id", "file_hash", "date_extracted", "date_to", "load_run_id")
+# The provider's per-delivery column (indici/README.md: added to every extract, it moves with each
+# delivery): a dimension version that differs from the previous one in these only is a re-delivery, not
+# a change, so it rewrites nothing; the row keeps them, like its lineage, from the version that gave it
+# its values.
+DELIVERY_COLUMNS = ("loaded_date_time",)
 # The ordering of versions (PRODUCT.md guarantee 4).
 VERSION_ORDER = ("date_extracted", "date_to", "row_number", "file_hash")
 # DateExtracted of a file as the provider writes it in the name (etl.config 'full_batches' entries).
@@ -436,7 +442,7 @@ def dim_fast_statement(spec: ExtractSpec) -> list[sql.Composable]:
     key = naming.surrogate_key(spec.core.table)
     exprs = dict(_attr_exprs(spec, "s"))
     tracked = _tracked_core(spec)
-    compared = [c for c in exprs if c not in nk]
+    compared = [c for c in exprs if c not in nk and c not in DELIVERY_COLUMNS]
     return _create_temp(FAST_TABLE, sql.SQL(
         """SELECT {attr_select}, {lineage_s}, i.m_key,
        ({tracked_c}) IS DISTINCT FROM ({tracked_s}) AS m_changed
@@ -519,7 +525,7 @@ def dim_desired_statement(spec: ExtractSpec) -> list[sql.Composable]:
     # Any attribute (tracked or not): where a run of identical versions starts.
     differs = sql.SQL(" OR ").join(
         sql.SQL("lag({c}) OVER w IS DISTINCT FROM {c}").format(c=sql.Identifier("allv", t))
-        for t in [*attrs, "is_removed"] if t not in nk
+        for t in [*attrs, "is_removed"] if t not in nk and t not in DELIVERY_COLUMNS
     )
     part = _ids(nk)
     return _create_temp(DESIRED_TABLE, sql.SQL(
@@ -649,13 +655,15 @@ def drop_temp_statement() -> sql.Composable:
 
 # -- facts ---------------------------------------------------------------------------------------------
 def inferred_statements(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> list[tuple[str, sql.Composable]]:
-    """Per target dimension: insert inferred members for referenced keys that have no real row.
-    Each statement returns one row: (inserted)."""
+    """Per target dimension (in name order, so that parallel fact merges insert shared members in one
+    order): insert inferred members for referenced keys that have no real row. Rows of keys whose
+    inferred member already has lineage at least as early are dropped before the sort (the running
+    minimum cannot move). Each statement returns one row: (inserted)."""
     by_target: dict[str, list[Reference]] = {}
     for ref in references(spec, specs):
         by_target.setdefault(ref.target.extract, []).append(ref)
     out = []
-    for target_name, refs in by_target.items():
+    for target_name, refs in sorted(by_target.items()):
         target = refs[0].target
         nk = target.natural_key
         sources = []
@@ -676,7 +684,7 @@ def inferred_statements(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> lis
     INSERT INTO {dim} AS d ({nk}, effective_from, effective_to, is_current, is_inferred, is_removed, {lineage})
     SELECT DISTINCT ON ({nk_r}) {nk_r}, {inf}::timestamptz, NULL, true, true, false, {lineage_r}
     FROM ({sources}) r
-    WHERE NOT EXISTS (SELECT 1 FROM {dim} d2 WHERE {on} AND NOT d2.is_inferred)
+    WHERE NOT EXISTS (SELECT 1 FROM {dim} d2 WHERE {on} AND (NOT d2.is_inferred OR ({order_d2}) <= ({order_r})))
     ORDER BY {nk_r}, {order_r}
     ON CONFLICT ({nk}, effective_from) DO UPDATE SET {sets}, merged_at = now()
     WHERE d.is_inferred AND ({order_ex}) < ({order_d})
@@ -693,6 +701,7 @@ SELECT count(*) FILTER (WHERE inserted) FROM ins"""
             sources=sql.SQL(" UNION ALL ").join(sources),
             on=_eq("d2", "r", nk),
             order_r=_ids(VERSION_ORDER, "r"),
+            order_d2=_ids(VERSION_ORDER, "d2"),
             sets=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in LINEAGE),
             order_ex=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in VERSION_ORDER),
             order_d=_ids(VERSION_ORDER, "d"),
