@@ -447,7 +447,7 @@ def dim_fast_statement(spec: ExtractSpec) -> list[sql.Composable]:
         """SELECT {attr_select}, {lineage_s}, i.m_key,
        (i.m_key IS NOT NULL AND ({tracked_c}) IS DISTINCT FROM ({tracked_s})) AS m_changed
 FROM {incoming} i
-JOIN {stg} s ON s.load_file_id = i.load_file_id AND s.row_number = i.row_number
+JOIN {stg} s ON s.load_file_id = i.load_file_id AND s.row_number = i.row_number AND s.load_file_id = ANY(%(files)s)
 {nhi_joins}
 LEFT JOIN {dim} c ON c.{key} = i.m_key
 WHERE NOT i.m_slow AND (i.m_key IS NULL OR ({all_c}) IS DISTINCT FROM ({all_s}))"""
