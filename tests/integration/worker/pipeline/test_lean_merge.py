@@ -22,6 +22,7 @@ from tests.integration.worker.pipeline.test_merge import (
     patient,
     put_rows,
     q,
+    utc,
     versions,
 )
 from worker.io.db import connect
@@ -188,3 +189,16 @@ def test_fact_merges_per_extract_after_the_dimensions(pipeline_settings):
     assert q(s, "SELECT DISTINCT status FROM etl.load_run_files") == [("merged",)]
     assert q(s, "SELECT p.family_name FROM core.fact_appointment JOIN core.dim_patient p USING (patient_key)") == [("A",)]
     assert get_spec("Appointments").is_dimension is False
+
+
+def test_several_files_of_a_fact_in_one_merge_keep_the_newest_version(pipeline_settings):
+    """The narrow newest-version sort: two batches holding the same appointments, merged at once."""
+    s = pipeline_settings
+    put_rows(s, "Appointments", [appointment(10, 1, T1, "Booked"), appointment(11, 1, T1, "Booked")], T1)
+    put_rows(s, "Appointments", [appointment(10, 1, T1, "Completed")], T2)
+    run_id = _stage_only(s, T1.date(), T2.date())
+    with connect(s) as conn:
+        summary = merge_run(conn, run_id, s)
+    assert summary["extracts"]["Appointments"]["inserted"] == 2
+    assert q(s, "SELECT appointment_id, appointment_status, date_extracted::text FROM core.fact_appointment "
+                "ORDER BY 1") == [(10, "Completed", utc(T2)), (11, "Booked", utc(T1))]
