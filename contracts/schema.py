@@ -362,7 +362,9 @@ def _stg_table(metadata: MetaData, spec: ExtractSpec) -> Table:
         PrimaryKeyConstraint("load_file_id", "row_number"),
         # One row per natural key and file: a key repeated in a file keeps its last row only.
         UniqueConstraint("load_file_id", *spec.natural_key),
-        Index(None, *spec.natural_key),
+        # The key's versions in DateExtracted order: the dimension merge asks, per incoming key, whether a
+        # version at least as new exists elsewhere (one index probe, whatever the history's length).
+        Index(None, *spec.natural_key, "date_extracted"),
         comment=f"{spec.extract} rows typed and validated against the contract",
         schema=naming.STG,
     )
@@ -384,10 +386,15 @@ def _rejects_table(metadata: MetaData, spec: ExtractSpec) -> Table:
     )
 
 
-def _core_lineage() -> list[Column]:
-    """Every core row names the version that gave it its values (PRODUCT.md guarantee 5)."""
+def _core_lineage(enforced: bool = True) -> list[Column]:
+    """Every core row names the version that gave it its values (PRODUCT.md guarantee 5).
+
+    `enforced`: a trigger FK to etl.load_run_files (dimensions). Facts have none: their merge writes
+    load_file_id from the files it merges and counts orphans (contracts/sql/merge.py, orphan checks)."""
+    file_id = (Column("load_file_id", BigInteger, ForeignKey("etl.load_run_files.file_id"), nullable=False)
+               if enforced else Column("load_file_id", BigInteger, nullable=False))
     return [
-        Column("load_file_id", BigInteger, ForeignKey("etl.load_run_files.file_id"), nullable=False),
+        file_id,
         Column("row_number", BigInteger, nullable=False),
         Column("s3_version_id", Text, nullable=False),
         Column("file_hash", Text, nullable=False),
@@ -452,15 +459,17 @@ def _core_table(metadata: MetaData, spec: ExtractSpec, dims: dict[str, ExtractSp
     nk = spec.natural_key
     extra: list = []
     if isinstance(spec.core, FactSpec):
+        # Referential integrity by construction, not by trigger: no FOREIGN KEY constraints on facts (a
+        # per-row trigger check each, five on a typical fact). The merge resolves every reference or
+        # creates an inferred member first, then counts orphans per relation into etl.dq_results and
+        # fails when one is not zero (contracts/sql/merge.py: fact_upsert_statement, orphan checks).
         fk_columns = []
         for ref in references(spec, {**dims, spec.extract: spec}):
             target = ref.target
-            target_key = naming.surrogate_key(target.core.table)
             fk_columns.append(
                 Column(
                     ref.fk,
                     BigInteger,
-                    ForeignKey(f"core.{target.core.table}.{target_key}"),
                     comment=f"Version of {target.core.table} valid at the fact's main date",
                 )
             )
@@ -469,7 +478,7 @@ def _core_table(metadata: MetaData, spec: ExtractSpec, dims: dict[str, ExtractSp
             # FK columns are indexed: re-pointing facts and removing obsolete dimension versions look
             # facts up by them.
             *(Index(None, c.name) for c in fk_columns),
-            Column("date_key", Integer, ForeignKey("core.dim_date.date_key"), comment="Main date"),
+            Column("date_key", Integer, comment="Main date"),
             Column("is_removed", Boolean, nullable=False, server_default=text("false")),
             Column("removed_at", TZ, comment="Set when a full file no longer holds the row"),
             UniqueConstraint(*nk),
@@ -496,7 +505,7 @@ def _core_table(metadata: MetaData, spec: ExtractSpec, dims: dict[str, ExtractSp
         *core_attribute_columns(spec),
         *coarsened_columns(spec),
         *extra,
-        *_core_lineage(),
+        *_core_lineage(enforced=not isinstance(spec.core, FactSpec)),
         comment=f"Curated {spec.extract} ({spec.core.role})",
         schema=naming.CORE,
     )

@@ -1,18 +1,21 @@
 """Contract -> the set-based statements that merge stg into core (SCD2 dimensions, newest-wins facts).
 
 Everything here is derived from the specs and built with psycopg.sql only. The statements are executed
-by worker/pipeline/merge.py, in this order, inside one transaction that holds the MERGE advisory lock.
+by worker/pipeline/merge.py, in this order, inside one transaction that holds the MERGE advisory lock(s).
 
 Temporary tables (created and dropped by each extract's merge, so several extracts share a transaction):
   merge_nhi(value, hash, valid, key_version)  the distinct NHI values in scope, hashed in Python (the
                                  key never reaches Postgres; key_version is the etl.nhi_key_versions
                                  version of the key); joined on the value exactly as staged.
-  merge_affected(<nk>)           dimension keys whose versions are recomputed.
+  merge_incoming(<nk>, ...)      the rows of the files being merged (dimensions), each with its key's
+                                 current row and whether the fast path may take it (m_slow).
+  merge_affected(<nk>)           dimension keys whose versions are recomputed (the slow path).
   merge_desired(...)             the complete desired SCD2 history of the affected keys.
+  merge_fast(...)                incoming rows of the fast path that change something.
 
 "Counted" stg rows are those of files whose etl.load_run_files.status is 'staged' or 'merged'.
 
-Dimension (SCD2), for each affected key, from ALL counted stg versions of that key:
+Dimension (SCD2), for each key, from ALL counted stg versions of that key (the definition):
   1. versions sharing a DateExtracted: keep the newest (date_to, row_number, file_hash);
   2. deletes (when enabled): if the newest full file of the key's practice is newer than the key's newest
      version, append a version with is_removed = true at the full file's DateExtracted (values and
@@ -20,10 +23,23 @@ Dimension (SCD2), for each affected key, from ALL counted stg versions of that k
   3. consecutive versions with identical tracked attributes (IS NOT DISTINCT FROM, NHI by its hash,
      is_removed included) form one run; each run is one row: effective_from = DateExtracted of its first
      version, effective_to = next row's effective_from (NULL for the last), is_current = last row;
-     untracked attributes and lineage come from the newest version of the run.
-  Applied as: clear is_current where it moves; upsert on (nk, effective_from) only where something
-  differs; re-point facts of affected keys; delete rows of affected keys that are not desired (this
-  removes inferred rows once the real member has arrived).
+     untracked attributes come from the newest version of the run, and lineage from the version that
+     gave the row its values: the earliest of the run's newest versions that are identical in every
+     attribute but DELIVERY_COLUMNS (so an unchanged re-delivery changes nothing, and is not written;
+     the row's LoadedDateTime is that of the version that gave its values, like its lineage).
+  Two ways to get there, chosen per key:
+  - fast path (the nightly case): the key's incoming version is its only one in the files being merged
+    and no other stg version of the key is as new (one probe of the stg index on (<nk>, date_extracted)),
+    its current row is real and not removed, deletes are off and no other file of the extract waits
+    staged outside the merge. Then the history only grows at its end: identical -> nothing; untracked
+    change -> the current row updated in place; tracked change -> the current row closed at the new
+    DateExtracted, a new current row, and the facts of the key dated from then re-pointed; a new key ->
+    one row. Cost follows the rows that changed, not the history.
+  - slow path (late or repeated versions, inferred or removed members, deletes): the affected keys'
+    history is recomputed from stg. Applied as: clear is_current where it moves; upsert on (nk,
+    effective_from) only where something differs; re-point facts of affected keys; count the facts
+    that still point at a version about to go (orphans: must be zero); delete rows of affected keys
+    that are not desired (this removes inferred rows once the real member has arrived).
 
 Inferred members: a fact whose reference names a dimension key with no real row creates a row with
 is_inferred = true, NULL attributes, effective_from = '-infinity', is_current = true. Its lineage is that
@@ -32,11 +48,17 @@ file_hash; kept as a running minimum across merges), so it is a function of the 
 
 Facts: upsert on the natural key from the newest version in the files being merged; the update only
 happens when the incoming version is newer than the stored one. Foreign keys: the dimension version
-valid at the fact's main date (a DATE main date counts from NZ midnight), else the earliest version.
+valid at the fact's main date (a DATE main date counts from NZ midnight), else the earliest version,
+found by a hash join to the key's current version first. Facts carry no FOREIGN KEY constraints:
+every reference is resolved or an inferred member created before the upsert, and the upsert counts,
+per relation, the rows it wrote whose reference is unresolved or names no row (`relations`); the
+counts go to etl.dq_results and a non-zero count fails the merge.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date
 
 from psycopg import sql
 
@@ -49,6 +71,11 @@ from contracts.types import SOURCE_TIME_ZONE, ContractType
 COUNTED_STATUSES = ("staged", "merged")
 INFERRED_FROM = "-infinity"
 LINEAGE = ("load_file_id", "row_number", "s3_version_id", "file_hash", "date_extracted", "date_to", "load_run_id")
+# The provider's per-delivery column (indici/README.md: added to every extract, it moves with each
+# delivery): a dimension version that differs from the previous one in these only is a re-delivery, not
+# a change, so it rewrites nothing; the row keeps them, like its lineage, from the version that gave it
+# its values.
+DELIVERY_COLUMNS = ("loaded_date_time",)
 # The ordering of versions (PRODUCT.md guarantee 4).
 VERSION_ORDER = ("date_extracted", "date_to", "row_number", "file_hash")
 # DateExtracted of a file as the provider writes it in the name (etl.config 'full_batches' entries).
@@ -57,6 +84,8 @@ BATCH_FORMAT = "YYMMDDHH24MI"
 NHI_TABLE = sql.Identifier("merge_nhi")
 AFFECTED_TABLE = sql.Identifier("merge_affected")
 DESIRED_TABLE = sql.Identifier("merge_desired")
+INCOMING_TABLE = sql.Identifier("merge_incoming")
+FAST_TABLE = sql.Identifier("merge_fast")
 
 _TZ = sql.Literal(SOURCE_TIME_ZONE)
 
@@ -103,20 +132,26 @@ def _nhi_alias(col: ColumnSpec) -> str:
     return f"nhi_{col.column}"
 
 
-def _attr_select(spec: ExtractSpec, src: str) -> sql.Composable:
-    """stg row `src` -> the core attribute columns (free text dropped, NHI -> hash + valid)."""
-    parts: list[sql.Composable] = []
+def _attr_exprs(spec: ExtractSpec, src: str) -> list[tuple[str, sql.Composable]]:
+    """stg row `src` -> (core attribute column, expression): free text dropped, NHI -> hash, valid and
+    key version (from the merge_nhi joins of `_nhi_joins`)."""
+    out: list[tuple[str, sql.Composable]] = []
     for col in spec.columns:
         if col.pii is PiiClass.FREE_TEXT:
             continue
         if col.pii is PiiClass.NHI:
             n = _nhi_alias(col)
-            parts.append(sql.SQL("{} AS {}").format(sql.Identifier(n, "hash"), sql.Identifier(naming.nhi_hash_column(col.column))))
-            parts.append(sql.SQL("{} AS {}").format(sql.Identifier(n, "valid"), sql.Identifier(naming.nhi_valid_column(col.column))))
-            parts.append(sql.SQL("{} AS {}").format(sql.Identifier(n, "key_version"), sql.Identifier(naming.nhi_key_version_column(col.column))))
+            out.append((naming.nhi_hash_column(col.column), sql.Identifier(n, "hash")))
+            out.append((naming.nhi_valid_column(col.column), sql.Identifier(n, "valid")))
+            out.append((naming.nhi_key_version_column(col.column), sql.Identifier(n, "key_version")))
             continue
-        parts.append(sql.SQL("{} AS {}").format(sql.Identifier(src, col.column), sql.Identifier(col.column)))
-    return sql.SQL(", ").join(parts)
+        out.append((col.column, sql.Identifier(src, col.column)))
+    return out
+
+
+def _attr_select(spec: ExtractSpec, src: str) -> sql.Composable:
+    """stg row `src` -> the core attribute columns (free text dropped, NHI -> hash + valid)."""
+    return sql.SQL(", ").join(sql.SQL("{} AS {}").format(e, sql.Identifier(c)) for c, e in _attr_exprs(spec, src))
 
 
 def _nhi_joins(spec: ExtractSpec, src: str) -> sql.Composable:
@@ -210,27 +245,103 @@ def _version_lookup(ref: Reference, source: str, at: sql.Composable, desired_onl
 
 
 def _version_join(ref: Reference, alias: str, source: str, at: sql.Composable) -> tuple[sql.Composable, sql.Composable]:
-    """(LEFT JOIN clause, select expression) resolving a fact's FK set-based: the target version whose
-    validity window [effective_from, effective_to) holds `at` (windows of a key are contiguous), else the
-    key's earliest version (looked up only for the rows the join left without a match)."""
+    """(LEFT JOIN clause, select expression) resolving a fact's FK set-based, with a fast path for the
+    current version: one hash join on the business key to the key's current row (the partial unique
+    index on current rows: at most one per key); that row is the answer whenever the fact's main date
+    is on or after its effective_from, which is the common case (and always so for an inferred member,
+    valid from -infinity). Only the other rows look the version up by an index probe: the version
+    whose effective_from is the latest on or before `at` (a key's windows are contiguous), else the
+    key's earliest version. A key without a current row has no row at all: NULL (the orphan count then
+    fails the merge, since inferred members are created first)."""
     target = ref.target
     key = naming.surrogate_key(target.core.table)
     v = sql.Identifier(alias)
     match = sql.SQL(" AND ").join(
         sql.SQL("{}.{} = {}").format(v, sql.Identifier(t), sql.Identifier(source, f)) for t, f in ref.match
     )
-    join = sql.SQL(
-        "LEFT JOIN {dim} {v} ON {match} AND {v}.effective_from <= {at} "
-        "AND ({v}.effective_to IS NULL OR {v}.effective_to > {at})"
-    ).format(dim=core_table(target), v=v, match=match, at=at)
-    earliest = sql.SQL("(SELECT d.{key} FROM {dim} d WHERE {cond} ORDER BY d.effective_from LIMIT 1)").format(
-        key=sql.Identifier(key),
-        dim=core_table(target),
-        cond=sql.SQL(" AND ").join(
-            sql.SQL("d.{} = {}").format(sql.Identifier(t), sql.Identifier(source, f)) for t, f in ref.match
-        ),
+    join = sql.SQL("LEFT JOIN {dim} {v} ON {match} AND {v}.is_current").format(dim=core_table(target), v=v, match=match)
+    cond = sql.SQL(" AND ").join(
+        sql.SQL("d.{} = {}").format(sql.Identifier(t), sql.Identifier(source, f)) for t, f in ref.match
     )
-    return join, sql.SQL("COALESCE({}.{}, {})").format(v, sql.Identifier(key), earliest)
+    expression = sql.SQL(
+        "CASE WHEN {v}.{key} IS NULL THEN NULL WHEN {v}.effective_from <= {at} THEN {v}.{key} ELSE COALESCE("
+        "(SELECT d.{key} FROM {dim} d WHERE {cond} AND d.effective_from <= {at} ORDER BY d.effective_from DESC LIMIT 1), "
+        "(SELECT d.{key} FROM {dim} d WHERE {cond} ORDER BY d.effective_from LIMIT 1)) END"
+    ).format(v=v, key=sql.Identifier(key), at=at, dim=core_table(target), cond=cond)
+    return join, expression
+
+
+# -- orphan checks -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Relation:
+    """A fact column that must name an existing row elsewhere (what a FOREIGN KEY used to enforce).
+
+    column: the fact's FK column; target: the referenced table; target_key: its key column;
+    source: the fact column whose non-NULL value requires the FK to be resolved (NULL: always required)."""
+
+    fact: str
+    column: str
+    target: str
+    target_key: str
+    source: str | None
+
+    @property
+    def name(self) -> str:
+        return f"core.{self.fact}.{self.column} -> {self.target}.{self.target_key}"
+
+
+def relations(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> list[Relation]:
+    """Every relation of a fact's core table: the dimension references, the main date, the lineage file."""
+    table = spec.core.table
+    out = [
+        Relation(table, r.fk, f"core.{r.target.core.table}", naming.surrogate_key(r.target.core.table), r.column)
+        for r in references(spec, specs)
+    ]
+    out.append(Relation(table, "date_key", "core.dim_date", "date_key", None))
+    out.append(Relation(table, "load_file_id", "etl.load_run_files", "file_id", None))
+    return out
+
+
+def _orphan_counts(spec: ExtractSpec, specs: dict[str, ExtractSpec], rows: str) -> sql.Composable:
+    """Per relation, the rows of CTE `rows` (the rows just written) whose reference is unresolved or
+    names no row. The existence checks are hashed subplans (one hash of the target's keys per statement,
+    not a probe per row); lineage files are those being merged (%(files)s)."""
+    parts = []
+    r = sql.Identifier(rows)
+    for rel in relations(spec, specs):
+        col = sql.SQL("{}.{}").format(r, sql.Identifier(rel.column))
+        if rel.target == "etl.load_run_files":
+            parts.append(sql.SQL("count(*) FILTER (WHERE {c} IS NULL OR NOT ({c} = ANY(%(files)s)))").format(c=col))
+            continue
+        schema, table = rel.target.split(".")
+        missing = sql.SQL("{c} IS NOT NULL AND NOT ({c} IN (SELECT {k} FROM {t}))").format(
+            c=col, k=sql.Identifier(rel.target_key), t=sql.Identifier(schema, table))
+        unresolved = (sql.SQL("{c} IS NULL").format(c=col) if rel.source is None else
+                      sql.SQL("{s} IS NOT NULL AND {c} IS NULL").format(s=sql.SQL("{}.{}").format(r, sql.Identifier(rel.source)), c=col))
+        parts.append(sql.SQL("count(*) FILTER (WHERE ({}) OR ({}))").format(unresolved, missing))
+    return sql.SQL(", ").join(parts)
+
+
+def dim_orphans_statement(dim: ExtractSpec, specs: dict[str, ExtractSpec]) -> tuple[list[Relation], sql.Composable | None]:
+    """Before obsolete versions of affected keys are deleted: per referencing fact relation, the facts
+    that still point at one of them (each would become an orphan). One row of counts; the FK columns are
+    indexed, so this reads only the facts of the versions being removed."""
+    pairs = referencing(dim, specs)
+    if not pairs:
+        return [], None
+    key = naming.surrogate_key(dim.core.table)
+    nk = dim.natural_key
+    obsolete = sql.SQL(
+        "SELECT d.{key} FROM {dim} d JOIN {a} a ON {on_a} WHERE NOT EXISTS "
+        "(SELECT 1 FROM {desired} x WHERE {on_x} AND x.effective_from = d.effective_from)"
+    ).format(key=sql.Identifier(key), dim=core_table(dim), a=AFFECTED_TABLE, on_a=_eq("a", "d", nk),
+             desired=DESIRED_TABLE, on_x=_eq("x", "d", nk))
+    rels, counts = [], []
+    for fact, ref in pairs:
+        rels.append(Relation(fact.core.table, ref.fk, f"core.{dim.core.table}", key, ref.column))
+        counts.append(sql.SQL("(SELECT count(*) FROM {fact} t WHERE t.{fk} IN (SELECT o.{key} FROM obsolete o))").format(
+            fact=core_table(fact), fk=sql.Identifier(ref.fk), key=sql.Identifier(key)))
+    return rels, sql.SQL("WITH obsolete AS MATERIALIZED ({}) SELECT {}").format(obsolete, sql.SQL(", ").join(counts))
 
 
 # -- NHI -----------------------------------------------------------------------------------------------
@@ -246,8 +357,8 @@ def nhi_copy() -> sql.Composable:
 
 
 def nhi_values_statement(spec: ExtractSpec) -> sql.Composable:
-    """Distinct NHI values (as staged) in scope: for a dimension all counted versions of the affected
-    keys, for a fact the rows of the files being merged (%(files)s)."""
+    """Distinct NHI values (as staged) in scope: the rows of the files being merged (%(files)s), and for
+    a dimension all counted versions of the affected keys (the slow path recomputes them)."""
     parts = []
     for col in nhi_columns(spec):
         if spec.is_dimension:
@@ -257,12 +368,11 @@ def nhi_values_statement(spec: ExtractSpec) -> sql.Composable:
                     on=_eq("a", "s", spec.natural_key), counted=_counted("f", sql.SQL("s.load_file_id")),
                 )
             )
-        else:
-            parts.append(
-                sql.SQL("SELECT s.{c} AS value FROM {stg} s WHERE s.load_file_id = ANY(%(files)s) AND s.{c} IS NOT NULL").format(
-                    c=sql.Identifier(col.column), stg=stg_table(spec)
-                )
+        parts.append(
+            sql.SQL("SELECT s.{c} AS value FROM {stg} s WHERE s.load_file_id = ANY(%(files)s) AND s.{c} IS NOT NULL").format(
+                c=sql.Identifier(col.column), stg=stg_table(spec)
             )
+        )
     return sql.SQL("SELECT DISTINCT value FROM ({}) v").format(sql.SQL(" UNION ALL ").join(parts))
 
 
@@ -278,12 +388,40 @@ def nhi_invalid_statement(spec: ExtractSpec) -> sql.Composable:
 
 
 # -- dimensions ----------------------------------------------------------------------------------------
+def dim_incoming_statement(spec: ExtractSpec, several_files: bool) -> list[sql.Composable]:
+    """merge_incoming := the rows of the files being merged (counted files only) with their key's current
+    row (m_key) and m_slow: whether the key must take the slow path (module docstring). %(all_slow)s
+    sends every key there (deletes on, or another file of the extract waits staged). The probe for a
+    version as new elsewhere is a LATERAL LIMIT 1 on the stg index (<nk>, date_extracted): one index
+    descent per incoming key, however many versions the key has."""
+    nk = spec.natural_key
+    key = naming.surrogate_key(spec.core.table)
+    repeated = (sql.SQL(" OR count(*) OVER (PARTITION BY {}) > 1").format(_ids(nk, "s")) if several_files
+                else sql.SQL(""))
+    return _create_temp(INCOMING_TABLE, sql.SQL(
+        """SELECT {nk_s}, s.load_file_id, s.row_number, s.date_extracted, c.{key} AS m_key,
+       (%(all_slow)s OR c.is_inferred OR c.is_removed OR newer.hit IS NOT NULL{repeated}) IS TRUE AS m_slow
+FROM {stg} s
+{counted}
+LEFT JOIN {dim} c ON {on_c} AND c.is_current
+LEFT JOIN LATERAL (
+    SELECT 1 AS hit FROM {stg} o
+    WHERE {on_o} AND o.date_extracted >= s.date_extracted AND o.load_file_id <> s.load_file_id LIMIT 1
+) newer ON true
+WHERE s.load_file_id = ANY(%(files)s)"""
+    ).format(
+        nk_s=_ids(nk, "s"), key=sql.Identifier(key), repeated=repeated, stg=stg_table(spec),
+        counted=_counted("f", sql.SQL("s.load_file_id")), dim=core_table(spec), on_c=_eq("c", "s", nk),
+        on_o=_eq("o", "s", nk),
+    ), nk)
+
+
 def dim_affected_statement(spec: ExtractSpec) -> list[sql.Composable]:
-    """merge_affected := keys staged in the files being merged (counted files only), plus (deletes on) every real key of a
-    practice whose full file is among them."""
+    """merge_affected := the incoming keys of the slow path, plus (deletes on) every real key of a
+    practice whose full file is among the files being merged."""
     nk = spec.natural_key
     return _create_temp(AFFECTED_TABLE, sql.SQL(
-        """SELECT DISTINCT {nk_s} FROM {stg} s {counted} WHERE s.load_file_id = ANY(%(files)s)
+        """SELECT DISTINCT {nk_i} FROM {incoming} i WHERE i.m_slow
 UNION
 SELECT {nk_d} FROM {dim} d
 WHERE %(deletes)s AND NOT d.is_inferred AND EXISTS (
@@ -292,10 +430,75 @@ WHERE %(deletes)s AND NOT d.is_inferred AND EXISTS (
       AND (f.per_org_id IS NULL OR f.per_org_id = d.per_org_id)
       AND to_char(f.date_extracted AT TIME ZONE {tz}, {fmt}) = ANY(%(full_batches)s::text[]))"""
     ).format(
-        nk_s=_ids(nk, "s"), nk_d=_ids(nk, "d"), stg=stg_table(spec), dim=core_table(spec),
-        counted=_counted("f", sql.SQL("s.load_file_id")),
+        nk_i=_ids(nk, "i"), incoming=INCOMING_TABLE, nk_d=_ids(nk, "d"), dim=core_table(spec),
         tz=_TZ, fmt=sql.Literal(BATCH_FORMAT),
     ), nk)
+
+
+def dim_fast_statement(spec: ExtractSpec) -> list[sql.Composable]:
+    """merge_fast := the fast path's incoming rows that change something: a new key (m_key NULL), or a
+    row differing from its key's current row in any attribute (m_changed: in a tracked one)."""
+    nk = spec.natural_key
+    key = naming.surrogate_key(spec.core.table)
+    exprs = dict(_attr_exprs(spec, "s"))
+    tracked = _tracked_core(spec)
+    compared = [c for c in exprs if c not in nk and c not in DELIVERY_COLUMNS]
+    return _create_temp(FAST_TABLE, sql.SQL(
+        """SELECT {attr_select}, {lineage_s}, i.m_key,
+       (i.m_key IS NOT NULL AND ({tracked_c}) IS DISTINCT FROM ({tracked_s})) AS m_changed
+FROM {incoming} i
+JOIN {stg} s ON s.load_file_id = i.load_file_id AND s.row_number = i.row_number AND s.load_file_id = ANY(%(files)s)
+{nhi_joins}
+LEFT JOIN {dim} c ON c.{key} = i.m_key
+WHERE NOT i.m_slow AND (i.m_key IS NULL OR ({all_c}) IS DISTINCT FROM ({all_s}))"""
+    ).format(
+        attr_select=_attr_select(spec, "s"), lineage_s=_ids(LINEAGE, "s"), incoming=INCOMING_TABLE,
+        stg=stg_table(spec), nhi_joins=_nhi_joins(spec, "s"), dim=core_table(spec), key=sql.Identifier(key),
+        tracked_c=sql.SQL(", ").join([_ids(tracked, "c"), sql.SQL("NULL::text")]),
+        tracked_s=sql.SQL(", ").join([sql.SQL(", ").join(exprs[t] for t in tracked), sql.SQL("NULL::text")]),
+        all_c=sql.SQL(", ").join([_ids(compared, "c"), sql.SQL("NULL::text")]),
+        all_s=sql.SQL(", ").join([sql.SQL(", ").join(exprs[t] for t in compared), sql.SQL("NULL::text")]),
+    ), ["m_key"])
+
+
+def dim_fast_apply_statements(spec: ExtractSpec) -> dict[str, sql.Composable]:
+    """The fast path's writes, in order: 'update' (untracked change: the current row in place), 'close'
+    (tracked change: the current row ends at the new DateExtracted), 'insert' (the new current rows)."""
+    nk = spec.natural_key
+    key = sql.Identifier(naming.surrogate_key(spec.core.table))
+    attrs = [c for c in core_attributes(spec) if c not in nk]
+    insert_cols = [*core_attributes(spec), *LINEAGE]
+    return {
+        "update": sql.SQL(
+            "UPDATE {dim} d SET {sets}, merged_at = now() FROM {fast} f WHERE d.{key} = f.m_key AND NOT f.m_changed"
+        ).format(dim=core_table(spec), fast=FAST_TABLE, key=key,
+                 sets=sql.SQL(", ").join(sql.SQL("{0} = f.{0}").format(sql.Identifier(c)) for c in [*attrs, *LINEAGE])),
+        "close": sql.SQL(
+            "UPDATE {dim} d SET effective_to = f.date_extracted, is_current = false, merged_at = now() "
+            "FROM {fast} f WHERE d.{key} = f.m_key AND f.m_changed"
+        ).format(dim=core_table(spec), fast=FAST_TABLE, key=key),
+        "insert": sql.SQL(
+            "INSERT INTO {dim} ({cols}, is_removed, effective_from, effective_to, is_current, is_inferred) "
+            "SELECT {cols_f}, false, f.date_extracted, NULL, true, false FROM {fast} f "
+            "WHERE f.m_key IS NULL OR f.m_changed"
+        ).format(dim=core_table(spec), cols=_ids(insert_cols), cols_f=_ids(insert_cols, "f"), fast=FAST_TABLE),
+    }
+
+
+def dim_fast_repoint_statement(dim: ExtractSpec, fact: ExtractSpec, ref: Reference) -> sql.Composable:
+    """Facts of a key whose tracked attributes changed on the fast path, dated on or after the new
+    version's DateExtracted, move from the closed version to the new current one (the FK index finds
+    them by the closed version)."""
+    key = sql.Identifier(naming.surrogate_key(dim.core.table))
+    on_n = sql.SQL(" AND ").join(
+        sql.SQL("n.{} = f.{}").format(sql.Identifier(t), sql.Identifier(t)) for t, _ in ref.match
+    )
+    return sql.SQL(
+        """UPDATE {fact} t SET {fk} = n.{key}
+FROM {fast} f JOIN {dim} n ON {on_n} AND n.is_current
+WHERE f.m_changed AND t.{fk} = f.m_key AND {at} >= f.date_extracted"""
+    ).format(fact=core_table(fact), fk=sql.Identifier(ref.fk), key=key, fast=FAST_TABLE, dim=core_table(dim),
+             on_n=on_n, at=_main_ts(fact, "t"))
 
 
 def _create_temp(name: sql.Identifier, query: sql.Composable, index: list[str]) -> list[sql.Composable]:
@@ -303,7 +506,9 @@ def _create_temp(name: sql.Identifier, query: sql.Composable, index: list[str]) 
         sql.SQL("DROP TABLE IF EXISTS {}").format(name),
         sql.SQL("CREATE TEMP TABLE {} AS {}").format(name, query),
         sql.SQL("CREATE INDEX ON {} ({})").format(name, _ids(index)),
-        sql.SQL("ANALYZE {}").format(name),
+        # Statistics of the columns joined on only: ANALYZE of every column of a wide table (the desired
+        # history, the fast path's rows: 200 columns for Patients) took seconds.
+        sql.SQL("ANALYZE {} ({})").format(name, _ids(index)),
     ]
 
 
@@ -311,13 +516,18 @@ def dim_desired_statement(spec: ExtractSpec) -> list[sql.Composable]:
     """merge_desired := the complete SCD2 history of every affected key (module docstring, steps 1-3)."""
     nk = spec.natural_key
     attrs = core_attributes(spec)
-    reserved = {"m_vfrom", "m_brk", "m_grp", "m_from", "m_rn"}
+    reserved = {"m_vfrom", "m_brk", "m_brk2", "m_grp", "m_sub", "m_lastsub", "m_from", "m_rn"}
     if reserved & set(attrs):
         raise ValueError(f"{spec.extract}: column names clash with merge work columns")
     cols = [*attrs, "is_removed", *LINEAGE]
     tracked = [*_tracked_core(spec), "is_removed"]
     changed = sql.SQL(" OR ").join(
         sql.SQL("lag({c}) OVER w IS DISTINCT FROM {c}").format(c=sql.Identifier("allv", t)) for t in tracked
+    )
+    # Any attribute (tracked or not): where a run of identical versions starts.
+    differs = sql.SQL(" OR ").join(
+        sql.SQL("lag({c}) OVER w IS DISTINCT FROM {c}").format(c=sql.Identifier("allv", t))
+        for t in [*attrs, "is_removed"] if t not in nk and t not in DELIVERY_COLUMNS
     )
     part = _ids(nk)
     return _create_temp(DESIRED_TABLE, sql.SQL(
@@ -342,20 +552,22 @@ def dim_desired_statement(spec: ExtractSpec) -> list[sql.Composable]:
     UNION ALL
     SELECT {cols} , m_vfrom FROM removal
 ), c AS (
-    SELECT allv.*, CASE WHEN lag(allv.m_vfrom) OVER w IS NULL OR {changed} THEN 1 ELSE 0 END AS m_brk
+    SELECT allv.*, CASE WHEN lag(allv.m_vfrom) OVER w IS NULL OR {changed} THEN 1 ELSE 0 END AS m_brk,
+           CASE WHEN lag(allv.m_vfrom) OVER w IS NULL OR {differs} THEN 1 ELSE 0 END AS m_brk2
     FROM allv WINDOW w AS (PARTITION BY {part} ORDER BY allv.m_vfrom)
 ), g AS (
-    SELECT c.*, sum(c.m_brk) OVER (PARTITION BY {part} ORDER BY c.m_vfrom ROWS UNBOUNDED PRECEDING) AS m_grp
-    FROM c
+    SELECT c.*, sum(c.m_brk) OVER o AS m_grp, sum(c.m_brk2) OVER o AS m_sub
+    FROM c WINDOW o AS (PARTITION BY {part} ORDER BY c.m_vfrom ROWS UNBOUNDED PRECEDING)
 ), h AS (
     SELECT g.*, min(g.m_vfrom) OVER (PARTITION BY {part}, g.m_grp) AS m_from,
-           row_number() OVER (PARTITION BY {part}, g.m_grp ORDER BY g.m_vfrom DESC) AS m_rn
+           max(g.m_sub) OVER (PARTITION BY {part}, g.m_grp) AS m_lastsub,
+           row_number() OVER (PARTITION BY {part}, g.m_sub ORDER BY g.m_vfrom) AS m_rn
     FROM g
 )
 SELECT {cols_h}, h.m_from AS effective_from,
        lead(h.m_from) OVER (PARTITION BY {part} ORDER BY h.m_from) AS effective_to,
        (lead(h.m_from) OVER (PARTITION BY {part} ORDER BY h.m_from) IS NULL) AS is_current
-FROM h WHERE h.m_rn = 1"""
+FROM h WHERE h.m_sub = h.m_lastsub AND h.m_rn = 1"""
     ).format(
         nk_s=_ids(nk, "s"),
         nk_v=_ids(nk, "v"),
@@ -372,6 +584,7 @@ FROM h WHERE h.m_rn = 1"""
         full_for=_full_for("lastv"),
         cols=_ids(cols),
         changed=changed,
+        differs=differs,
         part=part,
         cols_h=_ids(cols, "h"),
     ), [*nk, "effective_from"])
@@ -438,26 +651,21 @@ WHERE {on_a} AND NOT EXISTS (SELECT 1 FROM {desired} x WHERE {on_x} AND x.effect
 
 
 def drop_temp_statement() -> sql.Composable:
-    return sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(NHI_TABLE, AFFECTED_TABLE, DESIRED_TABLE)
+    return sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}, {}").format(
+        NHI_TABLE, AFFECTED_TABLE, DESIRED_TABLE, INCOMING_TABLE, FAST_TABLE)
 
 
 # -- facts ---------------------------------------------------------------------------------------------
-def fact_date_range_statement(spec: ExtractSpec) -> sql.Composable:
-    """(first, last) NZ-local main date of the rows in the files being merged."""
-    d = _main_local_date(spec, "s")
-    return sql.SQL("SELECT min({d}), max({d}) FROM {stg} s WHERE s.load_file_id = ANY(%(files)s)").format(
-        d=d, stg=stg_table(spec)
-    )
-
-
 def inferred_statements(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> list[tuple[str, sql.Composable]]:
-    """Per target dimension: insert inferred members for referenced keys that have no real row.
-    Each statement returns one row: (inserted)."""
+    """Per target dimension (in name order, so that parallel fact merges insert shared members in one
+    order): insert inferred members for referenced keys that have no real row. Rows of keys whose
+    inferred member already has lineage at least as early are dropped before the sort (the running
+    minimum cannot move). Each statement returns one row: (inserted)."""
     by_target: dict[str, list[Reference]] = {}
     for ref in references(spec, specs):
         by_target.setdefault(ref.target.extract, []).append(ref)
     out = []
-    for target_name, refs in by_target.items():
+    for target_name, refs in sorted(by_target.items()):
         target = refs[0].target
         nk = target.natural_key
         sources = []
@@ -478,7 +686,7 @@ def inferred_statements(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> lis
     INSERT INTO {dim} AS d ({nk}, effective_from, effective_to, is_current, is_inferred, is_removed, {lineage})
     SELECT DISTINCT ON ({nk_r}) {nk_r}, {inf}::timestamptz, NULL, true, true, false, {lineage_r}
     FROM ({sources}) r
-    WHERE NOT EXISTS (SELECT 1 FROM {dim} d2 WHERE {on} AND NOT d2.is_inferred)
+    WHERE NOT EXISTS (SELECT 1 FROM {dim} d2 WHERE {on} AND (NOT d2.is_inferred OR ({order_d2}) <= ({order_r})))
     ORDER BY {nk_r}, {order_r}
     ON CONFLICT ({nk}, effective_from) DO UPDATE SET {sets}, merged_at = now()
     WHERE d.is_inferred AND ({order_ex}) < ({order_d})
@@ -495,6 +703,7 @@ SELECT count(*) FILTER (WHERE inserted) FROM ins"""
             sources=sql.SQL(" UNION ALL ").join(sources),
             on=_eq("d2", "r", nk),
             order_r=_ids(VERSION_ORDER, "r"),
+            order_d2=_ids(VERSION_ORDER, "d2"),
             sets=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in LINEAGE),
             order_ex=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in VERSION_ORDER),
             order_d=_ids(VERSION_ORDER, "d"),
@@ -503,9 +712,14 @@ SELECT count(*) FILTER (WHERE inserted) FROM ins"""
     return out
 
 
-def fact_upsert_statement(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> sql.Composable:
+def fact_upsert_statement(spec: ExtractSpec, specs: dict[str, ExtractSpec], dedupe: bool = True) -> sql.Composable:
     """Newest version per key of the files being merged; an older version never overwrites a newer one.
-    Returns one row: (inserted, updated)."""
+    Returns one row: (inserted, updated, then per relation of `relations(spec)` its orphan count among
+    the rows written).
+
+    `dedupe`: several files may hold the same key, so the newest version per key is chosen first, by a
+    sort of the narrow (key, order, row id) tuples only, joined back to the rows by stg's primary key.
+    Without it (one file: stg holds a key once per file) there is no sort at all."""
     assert isinstance(spec.core, FactSpec)
     nk = spec.natural_key
     attrs = core_attributes(spec)
@@ -525,33 +739,41 @@ def fact_upsert_statement(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> s
         _ids(LINEAGE, "s"),
     ]
     settable = [c for c in cols if c not in nk]
+    if dedupe:
+        source = sql.SQL(
+            """SELECT s.* FROM {stg} s JOIN (
+            SELECT DISTINCT ON ({nk_w}) w.load_file_id, w.row_number FROM {stg} w WHERE w.load_file_id = ANY(%(files)s)
+            ORDER BY {nk_w}, w.date_extracted DESC, w.date_to DESC, w.row_number DESC, w.file_hash DESC
+        ) w ON s.load_file_id = w.load_file_id AND s.row_number = w.row_number"""
+        ).format(stg=stg_table(spec), nk_w=_ids(nk, "w"))
+    else:
+        source = sql.SQL("SELECT s.* FROM {stg} s WHERE s.load_file_id = ANY(%(files)s)").format(stg=stg_table(spec))
+    returned = sorted({*(r.column for r in refs), *(r.fk for r in refs), "date_key", "load_file_id"})
     return sql.SQL(
         """WITH up AS (
     INSERT INTO {fact} AS t ({cols})
     SELECT {select}
-    FROM (
-        SELECT DISTINCT ON ({nk_s}) s.* FROM {stg} s WHERE s.load_file_id = ANY(%(files)s)
-        ORDER BY {nk_s}, s.date_extracted DESC, s.date_to DESC, s.row_number DESC, s.file_hash DESC
-    ) s
+    FROM ({source}) s
     {nhi_joins}
     {ref_joins}
     ON CONFLICT ({nk}) DO UPDATE SET {sets}, merged_at = now()
     WHERE ({order_ex}) > ({order_t})
-    RETURNING (xmax = 0) AS inserted
+    RETURNING (xmax = 0) AS inserted, {returned}
 )
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"""
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {orphans} FROM up"""
     ).format(
         fact=core_table(spec),
         cols=_ids(cols),
         select=sql.SQL(", ").join(select),
-        nk_s=_ids(nk, "s"),
-        stg=stg_table(spec),
+        source=source,
         nhi_joins=_nhi_joins(spec, "s"),
         ref_joins=sql.SQL(" ").join(join for join, _ in joins),
         nk=_ids(nk),
         sets=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in settable),
         order_ex=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in VERSION_ORDER),
         order_t=_ids(VERSION_ORDER, "t"),
+        returned=_ids(returned, "t"),
+        orphans=_orphan_counts(spec, specs, "up"),
     )
 
 
@@ -592,17 +814,56 @@ SELECT count(*) FROM upd"""
 
 
 # -- dim_date ------------------------------------------------------------------------------------------
-def ensure_dim_date_statement() -> sql.Composable:
-    """core.dim_date rows for every day in [%(first)s, %(last)s] (ISO week, NZ financial year)."""
+# core.dim_date is one continuous calendar over the plausible dates seen: every day from the earliest to
+# the latest plausible main date ever merged (so it is a function of the set of dates, whatever the
+# order of the batches), plus a row for each implausible date seen (a fact's date_key always names a
+# row) without filling the centuries between.
+CALENDAR_FROM = date(1900, 1, 2)  # 1900-01-01 is the source's "no date" (NULL in stg)
+CALENDAR_TO = date(2099, 12, 31)
+
+
+def fact_date_range_statement(spec: ExtractSpec) -> sql.Composable:
+    """(first, last) plausible NZ-local main date of the rows in the files being merged, and the
+    distinct implausible ones (an array, NULL when none)."""
+    d = _main_local_date(spec, "s")
+    plausible = sql.SQL("{d} BETWEEN {lo} AND {hi}").format(d=sql.Identifier("x", "d"), lo=sql.Literal(CALENDAR_FROM),
+                                                             hi=sql.Literal(CALENDAR_TO))
     return sql.SQL(
-        """INSERT INTO core.dim_date (date_key, date, year, month, day, iso_year, iso_week, weekday,
-                           weekday_name, nz_financial_year, nz_financial_quarter)
-SELECT to_char(d, 'YYYYMMDD')::int, d::date,
+        "SELECT min(x.d) FILTER (WHERE {p}), max(x.d) FILTER (WHERE {p}), "
+        "array_agg(DISTINCT x.d) FILTER (WHERE NOT ({p})) "
+        "FROM (SELECT {d} AS d FROM {stg} s WHERE s.load_file_id = ANY(%(files)s)) x"
+    ).format(p=plausible, d=d, stg=stg_table(spec))
+
+
+def calendar_bounds_statement() -> sql.Composable:
+    """(first, last) day of the continuous calendar core.dim_date holds today."""
+    return sql.SQL("SELECT min(date), max(date) FROM core.dim_date WHERE date BETWEEN {} AND {}").format(
+        sql.Literal(CALENDAR_FROM), sql.Literal(CALENDAR_TO))
+
+
+_DIM_DATE_ROW = """to_char(d, 'YYYYMMDD')::int, d::date,
        extract(year FROM d)::smallint, extract(month FROM d)::smallint, extract(day FROM d)::smallint,
        extract(isoyear FROM d)::smallint, extract(week FROM d)::smallint, extract(isodow FROM d)::smallint,
        to_char(d, 'FMDay'),
        (extract(year FROM d) + CASE WHEN extract(month FROM d) >= 7 THEN 1 ELSE 0 END)::smallint,
-       (mod(extract(month FROM d)::int + 5, 12) / 3 + 1)::smallint
+       (mod(extract(month FROM d)::int + 5, 12) / 3 + 1)::smallint"""
+_DIM_DATE_COLUMNS = """core.dim_date (date_key, date, year, month, day, iso_year, iso_week, weekday,
+                           weekday_name, nz_financial_year, nz_financial_quarter)"""
+
+
+def ensure_dim_date_statement() -> sql.Composable:
+    """core.dim_date rows for every day in [%(first)s, %(last)s] (ISO week, NZ financial year)."""
+    return sql.SQL(
+        "INSERT INTO " + _DIM_DATE_COLUMNS + "\nSELECT " + _DIM_DATE_ROW + """
 FROM generate_series(%(first)s::date::timestamp, %(last)s::date::timestamp, interval '1 day') AS g(d)
+ON CONFLICT (date_key) DO NOTHING"""
+    )
+
+
+def ensure_dates_statement() -> sql.Composable:
+    """core.dim_date rows for the single days of %(dates)s (implausible dates seen; no range filled)."""
+    return sql.SQL(
+        "INSERT INTO " + _DIM_DATE_COLUMNS + "\nSELECT " + _DIM_DATE_ROW + """
+FROM unnest(%(dates)s::date[]) AS g(day), LATERAL (SELECT g.day::timestamp AS d) t
 ON CONFLICT (date_key) DO NOTHING"""
     )

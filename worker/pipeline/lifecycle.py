@@ -456,6 +456,9 @@ def merge(conn: psycopg.Connection, run_id: int, settings: Settings, *,
                 raise
             conn.rollback()
             log.error("merge failed", error=type(exc).__name__)
+            if isinstance(exc, merge_step.OrphanError):  # what failed it stays on record in etl.dq_results
+                with _transaction(conn):
+                    merge_step.record_orphans(conn, run_id, exc)
             record_run_error(conn, run_id, f"merge: {type(exc).__name__}: {exc}")
             if isinstance(exc, ConfigurationError):
                 raise

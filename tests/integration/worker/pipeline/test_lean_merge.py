@@ -1,0 +1,204 @@
+"""Lean merges (issue 7, item 3): integrity by construction with orphan counts, the dimension fast path
+against the full recompute, a continuous calendar whatever the load order, per-extract fact merges."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import psycopg
+import pytest
+
+from contracts.registry import get as get_spec
+from tests.integration.worker.pipeline.helpers import reset_data, run
+from tests.integration.worker.pipeline.test_merge import (
+    T1,
+    T2,
+    T3,
+    T4,
+    appointment,
+    core_snapshot,
+    load_date,
+    load_rows,
+    patient,
+    put_rows,
+    q,
+    utc,
+    versions,
+)
+from worker.io.db import connect
+from worker.pipeline.merge import ensure_dim_date, merge_dimensions, merge_facts_of_extract, merge_run
+from worker.pipeline.run import Selection, plan_run, process_file
+
+pytestmark = pytest.mark.integration
+
+
+def _orphan_rows(s, extract: str) -> list[tuple]:
+    return q(s, "SELECT column_name, rule, observed, passed FROM etl.dq_results WHERE check_name = 'orphans' "
+                "AND extract = %s ORDER BY dq_result_id", (extract,))
+
+
+def test_no_foreign_key_constraints_on_facts(pipeline_settings):
+    fks = q(pipeline_settings, "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' "
+                               "AND connamespace = 'core'::regnamespace")
+    assert not [t for (t,) in fks if t.startswith("core.fact_")], fks
+
+
+def test_every_relation_of_a_fact_merge_is_counted_zero(pipeline_settings):
+    s = pipeline_settings
+    load_rows(s, "Patients", [patient(1)], T1)
+    load_rows(s, "Appointments", [appointment(10, 1, T1), appointment(11, 77, T1)], T2)  # 77: inferred
+    rows = _orphan_rows(s, "Appointments")
+    assert {r[1] for r in rows} == {
+        "core.fact_appointment.practice_key -> core.dim_practice.practice_key",
+        "core.fact_appointment.patient_key -> core.dim_patient.patient_key",
+        "core.fact_appointment.provider_key -> core.dim_provider.provider_key",
+        "core.fact_appointment.date_key -> core.dim_date.date_key",
+        "core.fact_appointment.load_file_id -> etl.load_run_files.file_id",
+    }
+    assert all(observed == 0 and passed for _, _, observed, passed in rows)
+    # and what they guard holds: every fact names an existing version of each dimension and a calendar day
+    assert q(s, "SELECT count(*) FROM core.fact_appointment a LEFT JOIN core.dim_patient p USING (patient_key) "
+                "LEFT JOIN core.dim_date d USING (date_key) WHERE p.patient_key IS NULL OR d.date_key IS NULL") == [(0,)]
+
+
+def test_an_unresolvable_reference_fails_the_merge_with_a_clear_error(pipeline_settings):
+    """A dimension key whose rows are all closed (a broken invariant, made here by hand) leaves the
+    fact's reference unresolved: the merge fails, nothing of it reaches core, the count is recorded."""
+    s = pipeline_settings
+    load_rows(s, "Patients", [patient(1)], T1)
+    with psycopg.connect(s.database_url.get_secret_value()) as conn:
+        conn.execute("UPDATE core.dim_patient SET is_current = false WHERE patient_id = 1")
+    put_rows(s, "Appointments", [appointment(10, 1, T1)], T2)
+    summary = run(s, Selection(kind="backfill", date_from=T2.date(), date_to=T2.date()))
+    assert summary["status"] != "succeeded"
+    (error,), = q(s, "SELECT error FROM etl.load_runs WHERE load_run_id = %s", (summary["load_run_id"],))
+    assert "OrphanError" in error and "referential integrity" in error
+    assert "core.fact_appointment.patient_key -> core.dim_patient.patient_key" in error
+    assert q(s, "SELECT count(*) FROM core.fact_appointment") == [(0,)]
+    assert q(s, "SELECT status FROM etl.load_run_files WHERE extract = 'Appointments'") == [("staged",)]
+    failed = [r for r in _orphan_rows(s, "Appointments") if not r[3]]
+    assert failed == [("patient_key", "core.fact_appointment.patient_key -> core.dim_patient.patient_key", 1, False)]
+
+
+def test_a_dimension_merge_that_would_orphan_a_fact_fails(pipeline_settings):
+    """A fact pointing at a version the recomputed history drops (made by hand: a stray version of
+    patient 1 that a fact of patient 2 names) is counted before the delete and fails the merge."""
+    s = pipeline_settings
+    load_rows(s, "Patients", [patient(1), patient(2)], T2)
+    load_rows(s, "Appointments", [appointment(10, 2, T3)], T3)
+    with psycopg.connect(s.database_url.get_secret_value()) as conn:
+        stray = conn.execute(
+            "INSERT INTO core.dim_patient (patient_id, practice_id, per_org_id, effective_from, effective_to, "
+            "is_current, load_file_id, row_number, s3_version_id, file_hash, date_extracted, date_to, load_run_id) "
+            "SELECT patient_id, practice_id, per_org_id, '2000-01-01', effective_from, false, load_file_id, row_number, "
+            "s3_version_id, file_hash, date_extracted, date_to, load_run_id FROM core.dim_patient WHERE patient_id = 1 "
+            "RETURNING patient_key").fetchone()[0]
+        conn.execute("UPDATE core.fact_appointment SET patient_key = %s", (stray,))
+    put_rows(s, "Patients", [patient(1, "Older")], T1)  # a late, older version: patient 1 is recomputed
+    summary = run(s, Selection(kind="backfill", date_from=T1.date(), date_to=T1.date()))
+    assert summary["status"] != "succeeded"
+    (error,), = q(s, "SELECT error FROM etl.load_runs WHERE load_run_id = %s", (summary["load_run_id"],))
+    assert "core.fact_appointment.patient_key -> core.dim_patient.patient_key" in error
+    assert q(s, "SELECT count(*) FROM core.dim_patient WHERE patient_key = %s", (stray,)) == [(1,)]  # rolled back
+    assert ("patient_key", "core.fact_appointment.patient_key -> core.dim_patient.patient_key", 1, False) in \
+        _orphan_rows(s, "Patients")
+
+
+def _stage_only(s, day, last=None) -> int:
+    """Plan one run of the batches from `day` to `last` and land and stage its files (no merge)."""
+    from worker.io.s3 import make_client
+
+    with connect(s) as conn:
+        plan = plan_run(conn, make_client(s), s, Selection(kind="backfill", date_from=day, date_to=last or day))
+        for file_id in plan.file_ids:
+            assert process_file(conn, make_client(s), file_id, s) == "staged"
+        conn.commit()
+        return plan.run_id
+
+
+def test_fast_path_and_full_recompute_give_the_same_history(pipeline_settings):
+    """Batches in their natural order take the fast path (history grows at its end); the same batches
+    merged all at once take the slow path (several versions per key). Core is the same."""
+    s = pipeline_settings
+    weeks = [
+        (T1, [patient(1, "A", "a@x.nz"), patient(2, "B"), patient(3, "C")]),
+        (T2, [patient(1, "A", "b@x.nz"), patient(2, "B2"), patient(3, "C")]),            # untracked, tracked
+        (T3, [patient(1, "A", "b@x.nz"), patient(2, "B2"), patient(3, "C"), patient(4, "D")]),  # re-delivery
+        (T4, [patient(1, "A2", "b@x.nz"), patient(2, "B2"), patient(3, "C", "c@x.nz"), patient(4, "D")]),
+    ]
+    for when, rows in weeks:
+        put_rows(s, "Patients", rows, when)
+    put_rows(s, "Appointments", [appointment(10, 1, T1 + timedelta(days=1)), appointment(11, 2, T4 + timedelta(days=1)),
+                                 appointment(12, 1, T4 + timedelta(hours=2))], T1 + timedelta(hours=1))
+    results = []
+    for when, _ in weeks:
+        results.append(load_date(s, when.date())["merge"]["extracts"]["Patients"])
+    assert [r["slow"] for r in results] == [0, 0, 0, 0]
+    assert results[2]["inserted"] == 1 and results[2]["updated"] == 0  # only the new patient is written
+    fast = core_snapshot(s)
+    assert [(v[0], v[1], v[4]) for v in versions(s, 2)] == [("B", "a@example.org", False), ("B2", "a@example.org", True)]
+    assert q(s, "SELECT a.appointment_id, p.family_name FROM core.fact_appointment a JOIN core.dim_patient p "
+                "USING (patient_key) ORDER BY 1") == [(10, "A"), (11, "B2"), (12, "A2")]
+
+    reset_data(s.database_url.get_secret_value())
+    run_id = _stage_only(s, T1.date(), T4.date())  # every batch in one run: merged at once
+    with connect(s) as conn:
+        summary = merge_run(conn, run_id, s)
+    assert summary["extracts"]["Patients"]["fast"] == 0
+    assert core_snapshot(s) == fast
+
+
+def test_calendar_is_continuous_and_independent_of_load_order(pipeline_settings):
+    s = pipeline_settings
+    put_rows(s, "Appointments", [appointment(10, 1, datetime(2025, 8, 1, 9)), appointment(11, 1, datetime(2025, 8, 3, 9))], T1)
+    put_rows(s, "Appointments", [appointment(12, 1, datetime(2025, 8, 20, 9))], T2)
+    calendars = []
+    for order in ((T1, T2), (T2, T1)):
+        reset_data(s.database_url.get_secret_value())
+        for when in order:
+            load_date(s, when.date())
+        calendars.append(q(s, "SELECT date::text FROM core.dim_date ORDER BY date"))
+    assert calendars[0] == calendars[1]
+    days = [date.fromisoformat(d) for (d,) in calendars[0]]
+    assert days == [days[0] + timedelta(days=i) for i in range(len(days))]  # no hole
+    assert days[0] <= date(2025, 8, 1) and days[-1] >= date(2025, 8, 20)
+    # an implausible date gets its own row, and the centuries between are not filled
+    with connect(s) as conn:
+        ensure_dim_date(conn, None, None, [date(1000, 1, 1)])
+        conn.commit()
+    assert q(s, "SELECT count(*) FROM core.dim_date WHERE date < '1900-01-01'") == [(1,)]
+    assert q(s, "SELECT count(*) FROM core.dim_date") == [(len(days) + 1,)]
+
+
+def test_fact_merges_per_extract_after_the_dimensions(pipeline_settings):
+    s = pipeline_settings
+    put_rows(s, "Patients", [patient(1, "A")], T1)
+    put_rows(s, "Appointments", [appointment(10, 1, T1)], T1)
+    run_id = _stage_only(s, T1.date())
+    with connect(s) as conn:
+        dims = merge_dimensions(conn, run_id, s)
+        assert set(dims["extracts"]) == {"Patients"}
+        facts = merge_facts_of_extract(conn, run_id, "Appointments", s)
+        assert set(facts["extracts"]) == {"Appointments"} and facts["files_merged"] == 1
+        # the practice and provider (no PracticeInfo or Providers file), not the patient
+        assert "Patients" not in facts["extracts"]["Appointments"]["inferred"]
+        again = merge_facts_of_extract(conn, run_id, "Appointments", s)
+        assert again["files_merged"] == 0
+        with pytest.raises(ValueError):
+            merge_facts_of_extract(conn, run_id, "Patients", s)
+    assert q(s, "SELECT DISTINCT status FROM etl.load_run_files") == [("merged",)]
+    assert q(s, "SELECT p.family_name FROM core.fact_appointment JOIN core.dim_patient p USING (patient_key)") == [("A",)]
+    assert get_spec("Appointments").is_dimension is False
+
+
+def test_several_files_of_a_fact_in_one_merge_keep_the_newest_version(pipeline_settings):
+    """The narrow newest-version sort: two batches holding the same appointments, merged at once."""
+    s = pipeline_settings
+    put_rows(s, "Appointments", [appointment(10, 1, T1, "Booked"), appointment(11, 1, T1, "Booked")], T1)
+    put_rows(s, "Appointments", [appointment(10, 1, T1, "Completed")], T2)
+    run_id = _stage_only(s, T1.date(), T2.date())
+    with connect(s) as conn:
+        summary = merge_run(conn, run_id, s)
+    assert summary["extracts"]["Appointments"]["inserted"] == 2
+    assert q(s, "SELECT appointment_id, appointment_status, date_extracted::text FROM core.fact_appointment "
+                "ORDER BY 1") == [(10, "Completed", utc(T2)), (11, "Booked", utc(T1))]
