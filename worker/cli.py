@@ -242,7 +242,6 @@ def _run(args, selection) -> int:
 
 def _follow(settings, run_id: int, timeout: float | None) -> int:
     from worker import orchestration
-
     from worker.progress import RunProgress
 
     try:

@@ -1,9 +1,9 @@
 """Progress of a run as a person follows it: a live display at a terminal, plain lines otherwise.
 
 At a terminal (rich): files done of total with a bar, rows and MB per second since the display started,
-and a table of the files still in flight with the step each is in or waits for (land, stage,
-merge); each finished file also leaves a line above the display. Elsewhere (a pipe, a log file, CI): only the lines, one per finished file,
-each with the throughput so far, so logs stay readable and greppable:
+and a table of the files still in flight with the step each is in or waits for (land, stage, merge);
+each finished file also leaves a line above the display. Elsewhere (a pipe, a log file, CI): only the
+lines, one per finished file, each with the throughput so far, so logs stay readable and greppable:
 
     [3/12] merged    Patients               rows=300 staged=298 rejected=2  <key>  (1,234 rows/s, 0.52 MB/s)
 

@@ -576,10 +576,10 @@ def return_to_landed(conn: psycopg.Connection, run_id: int, file_ids: list[int],
             record = ledger.get(conn, file_id, for_update=True)
             clear(conn, record)
             ledger.mark_restaging(conn, file_id, run_id)
-        params = {"operator_action_id": audit(conn), "files": file_ids}
+        action_id = audit(conn)
         conn.execute("UPDATE etl.load_runs SET params = params || %s WHERE load_run_id = %s",
-                     (Jsonb(params), run_id))
-    return int(params["operator_action_id"])
+                     (Jsonb({"operator_action_id": action_id, "files": file_ids}), run_id))
+    return action_id
 
 
 def _update_health(conn: psycopg.Connection, run_id: int) -> None:

@@ -80,7 +80,8 @@ def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecor
     log.info("file typed", seconds={k: round(v, 3) for k, v in engine.seconds.items()})
     _reconcile(record, staged, rejected, superseded)
     dq.record_domain_values_seen(conn, spec, record.file_id, engine.counts.domain_values)
-    outcome = dq.evaluate_counts(conn, spec, record.file_id, record.rows_read or 0, staged, rejected, superseded, engine.counts)
+    outcome = dq.evaluate_counts(conn, spec, record.file_id, record.rows_read or 0, staged, rejected, superseded,
+                                 engine.counts)
     return StageResult(record.file_id, "staged", staged, rejected, superseded), outcome
 
 
@@ -116,5 +117,5 @@ def _stage_sql(conn: psycopg.Connection, spec: ExtractSpec,
     superseded = len(pairs)
     rejected = conn.execute(statements.rejects_insert, params).rowcount - superseded
     _reconcile(record, staged, rejected, superseded)
-    outcome = dq.evaluate(conn, spec, record.file_id, record.rows_read, staged, rejected, superseded)
+    outcome = dq.evaluate(conn, spec, record.file_id, record.rows_read or 0, staged, rejected, superseded)
     return StageResult(record.file_id, "staged", staged, rejected, superseded), outcome

@@ -22,7 +22,8 @@ from worker.synth import build_series
 pytestmark = pytest.mark.integration
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-LINE = re.compile(r"^\[(\d+)/(\d+)\] (staged|failed|duplicate)\s+\w+\s+rows=\S+.*  \(\d[\d,]* rows/s, \d+\.\d\d MB/s\)$")
+LINE = re.compile(r"^\[(\d+)/(\d+)\] (staged|failed|duplicate)\s+\w+\s+rows=\S+.*"
+                  r"  \(\d[\d,]* rows/s, \d+\.\d\d MB/s\)$")
 
 
 def _upload(settings, faults=None) -> list:

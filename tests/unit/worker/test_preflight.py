@@ -6,9 +6,9 @@ import botocore.exceptions
 import pytest
 
 from worker.errors import explain
-from worker.redact import mask_url
 from worker.pipeline.identity import ConfigurationError
 from worker.preflight import UsageError, check_nhi_key, check_settings, resolve_extracts
+from worker.redact import mask_url
 from worker.settings import Settings
 
 

@@ -361,8 +361,8 @@ def _stage_both_ways(conn, rows) -> None:
     _clear(conn)
     result = stage_rows(conn, EQUIV, record)
     got = _results(conn)
-    outcome_engine = dq.evaluate_counts(conn, EQUIV, FILE_ID, len(rows), result.staged, result.rejected, result.superseded,
-                                        result.counts)
+    outcome_engine = dq.evaluate_counts(conn, EQUIV, FILE_ID, len(rows), result.staged, result.rejected,
+                                        result.superseded, result.counts)
     assert (result.staged, result.rejected, result.superseded) == counts_sql
     assert len(got[0]) == len(expected[0]) and len(got[1]) == len(expected[1])
     for mine, theirs in zip(got[0], expected[0]):
