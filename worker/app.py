@@ -45,6 +45,8 @@ TASK_ROUTES = {
     "indici.start_run": {"queue": MERGES_QUEUE},
     "indici.nightly_run": {"queue": MERGES_QUEUE},
     "indici.merge_run": {"queue": MERGES_QUEUE},
+    "indici.merge_dimensions": {"queue": MERGES_QUEUE},
+    "indici.merge_facts": {"queue": MERGES_QUEUE},
     "indici.finalise_run": {"queue": MERGES_QUEUE},
     "indici.fail_run": {"queue": MERGES_QUEUE},
     "indici.reconcile": {"queue": MERGES_QUEUE},

@@ -11,7 +11,8 @@ The shape of a run (PRODUCT.md), queues in brackets (worker/app.py routes them):
       chord(
         [chain(land_file(run, f1), stage_file(run, f1)),  [files] one chain per file
          chain(land_file(run, f2), stage_file(run, f2)), ...],
-        chain(merge_run(run), finalise_run(run)).on_error(fail_run(run)))   [merges]
+        chain(merge_dimensions(run), finalise_run(run)).on_error(fail_run(run)))   [merges]
+          merge_dimensions becomes group(merge_facts(run, extract) per fact extract with staged files)
     reconcile()                                       [merges] beat, every few minutes
 
 Failures (the rule itself is lifecycle.run_file_step's; this only decides when to retry):
@@ -97,7 +98,10 @@ def _guarded(task: PipelineTask, work: Callable[[], dict[str, Any]],
 
 # -- a run ---------------------------------------------------------------------------------------------
 def close_signature(run_id: int) -> Signature:
-    return chain(merge_run.si(run_id), finalise_run.si(run_id)).on_error(fail_run.si(run_id))
+    """Merge, then close. `merge_dimensions` replaces itself with one `merge_facts` task per fact
+    extract with staged files (a group: they run in parallel, each under its own lock), and the chain
+    goes on to `finalise_run` when all of them have ended."""
+    return chain(merge_dimensions.si(run_id), finalise_run.si(run_id)).on_error(fail_run.si(run_id))
 
 
 def run_signature(run_id: int, file_ids: list[int]) -> Signature:
@@ -185,17 +189,45 @@ def stage_file(self: PipelineTask, run_id: int, file_id: int) -> dict[str, Any]:
 
 
 # -- the chord body ------------------------------------------------------------------------------------
-@app.task(bind=True, base=PipelineTask, name="indici.merge_run")
-def merge_run(self: PipelineTask, run_id: int) -> dict[str, Any]:
-    """stg -> core for the run's staged files: dimensions, then facts (lifecycle.merge)."""
+def _merge_part(task: PipelineTask, run_id: int, part: str) -> dict[str, Any]:
     settings = _settings()
     with bound(load_run_id=run_id), connect(settings) as conn:
-        summary = lifecycle.merge(conn, run_id, settings, raise_transient=not self.final_attempt())
+        summary = lifecycle.merge(conn, run_id, settings, part=part, raise_transient=not task.final_attempt())
     if summary is None:
-        return {"load_run_id": run_id, "status": "failed"}
-    return {"load_run_id": run_id, "status": "merged", "files_merged": summary["files_merged"],
+        return {"load_run_id": run_id, "part": part, "status": "failed"}
+    return {"load_run_id": run_id, "part": part, "status": "merged", "files_merged": summary["files_merged"],
             "inferred_members": summary["inferred_members"], "nhi_invalid": summary["nhi_invalid"],
             "seconds": summary["seconds"]}
+
+
+@app.task(bind=True, base=PipelineTask, name="indici.merge_run")
+def merge_run(self: PipelineTask, run_id: int) -> dict[str, Any]:
+    """stg -> core for the run's staged files in one transaction: dimensions, then facts (kept for
+    messages already queued by an earlier version; new runs merge in parts)."""
+    return _merge_part(self, run_id, lifecycle.ALL_PARTS)
+
+
+@app.task(bind=True, base=PipelineTask, name="indici.merge_dimensions")
+def merge_dimensions(self: PipelineTask, run_id: int) -> dict[str, Any]:
+    """stg -> core for the run's staged dimension files, then the facts: this task becomes a group of
+    `merge_facts`, one per fact extract with staged files (none: the chain goes straight on)."""
+    result = _merge_part(self, run_id, lifecycle.DIMENSIONS)
+    if result["status"] != "merged":  # recorded on the run; the facts wait for the next run's merge
+        return result
+    with connect(_settings()) as conn:
+        extracts = lifecycle.staged_fact_extracts(conn, run_id)
+    if not extracts:
+        return result
+    log.info("fact merges dispatched", load_run_id=run_id, extracts=extracts)
+    # Outside every try: replace() ends this task by raising Ignore; the group takes over its id.
+    return self.replace(group(merge_facts.si(run_id, extract) for extract in extracts))  # type: ignore[no-any-return]
+
+
+@app.task(bind=True, base=PipelineTask, name="indici.merge_facts")
+def merge_facts(self: PipelineTask, run_id: int, extract: str) -> dict[str, Any]:
+    """stg -> core for the run's staged files of one fact extract (its own lock: parallel with the
+    other fact extracts' merges)."""
+    return _merge_part(self, run_id, extract)
 
 
 @app.task(bind=True, base=PipelineTask, name="indici.finalise_run")

@@ -73,7 +73,7 @@ __all__ = [
     "RunStatus", "check_file_transition", "check_run_transition", "Selection", "RunPlan", "OpenedRun", "Step",
     "StepOutcome", "TRANSIENT_ERRORS", "open_run", "plan_run", "land_file", "stage_file", "run_file_step",
     "process_file", "merge", "record_run_error", "close_run", "fail_run", "reconcile", "request_reprocess",
-    "open_operator_run", "return_to_landed",
+    "open_operator_run", "return_to_landed", "staged_fact_extracts", "ALL_PARTS", "DIMENSIONS",
 ]
 
 log = get_logger(__name__)
@@ -430,26 +430,38 @@ def process_file(conn: psycopg.Connection, s3_client: Any, file_id: int, setting
 
 
 # -- merging, errors, closing -----------------------------------------------------------------------
-def merge(conn: psycopg.Connection, run_id: int, settings: Settings, *,
+MergePart = str  # "all" (merge_run: every staged file, one transaction), "dimensions", or a fact extract
+ALL_PARTS, DIMENSIONS = "all", "dimensions"
+
+
+def merge(conn: psycopg.Connection, run_id: int, settings: Settings, *, part: MergePart = ALL_PARTS,
           raise_transient: bool = False) -> dict[str, Any] | None:
     """Merge the run's staged files (and staged files that closed runs left) into core and mark them
-    merged, in one transaction. A failure rolls back, leaves the files staged for the next run, and is
-    recorded on the run (which then closes failed); None is returned. A transient error propagates
-    unrecorded when `raise_transient` (a Celery retry is coming); a missing or inactive NHI key
-    (ConfigurationError) is recorded and propagates."""
+    merged, in one transaction: all of them (`part` "all", the inline driver), or the dimensions, or one
+    fact extract (the Celery driver: the dimensions first, then each fact extract in a task of its own,
+    in parallel, each under its own lock). A failure rolls back that part, leaves its files staged for
+    the next run, and is recorded on the run (which then closes failed); None is returned. A transient
+    error propagates unrecorded when `raise_transient` (a Celery retry is coming); a missing or inactive
+    NHI key (ConfigurationError) is recorded and propagates."""
     _boundary(conn)
-    with bound(load_run_id=run_id):
+    with bound(load_run_id=run_id, merge_part=part):
         try:
             with _transaction(conn):
-                ledger.set_application_name(conn, f"indici-ingest run {run_id} merge")
+                ledger.set_application_name(conn, f"indici-ingest run {run_id} merge {part}")
                 # A merge may take longer than RUN_LEASE_SECONDS; it is bounded by the hard time limit.
                 _renew_run_lease(conn, run_id, settings, settings.file_lease_seconds)
+            if part not in (ALL_PARTS, DIMENSIONS):
+                with _transaction(conn):  # the calendar days first, committed: parallel parts share them
+                    merge_step.ensure_calendar_of_extract(conn, run_id, part)
             with _transaction(conn):
-                summary = merge_step.merge_run(conn, run_id, settings)
+                if part == ALL_PARTS:
+                    summary = merge_step.merge_run(conn, run_id, settings)
+                elif part == DIMENSIONS:
+                    summary = merge_step.merge_dimensions(conn, run_id, settings)
+                else:
+                    summary = merge_step.merge_facts_of_extract(conn, run_id, part, settings)
                 ledger.mark_merged(conn, summary["file_ids"])
-                brief = {k: v for k, v in summary.items() if k not in ("file_ids", "load_run_id")}
-                conn.execute("UPDATE etl.load_runs SET summary = coalesce(summary, '{}'::jsonb) || %s "
-                             "WHERE load_run_id = %s", (Jsonb({"merge": brief}), run_id))
+                _record_merge_summary(conn, run_id, summary)
             return summary
         except Exception as exc:
             if conn.closed or conn.broken or (raise_transient and isinstance(exc, TRANSIENT_ERRORS)):
@@ -463,6 +475,32 @@ def merge(conn: psycopg.Connection, run_id: int, settings: Settings, *,
             if isinstance(exc, ConfigurationError):
                 raise
             return None
+
+
+def staged_fact_extracts(conn: psycopg.Connection, run_id: int) -> list[str]:
+    """The fact extracts the run's merge still has files of (one Celery merge task each)."""
+    _boundary(conn)
+    extracts = merge_step.staged_fact_extracts(conn, run_id)
+    _boundary(conn)
+    return extracts
+
+
+_MERGE_TOTALS = ("files_merged", "inferred_members", "nhi_invalid", "seconds")
+
+
+def _record_merge_summary(conn: psycopg.Connection, run_id: int, summary: dict[str, Any]) -> None:
+    """The run's `merge` summary: per extract, and totals over the parts merged so far (the parts of a
+    Celery run add up to what one inline merge of the same files records). The run's row is locked, so
+    parallel parts add up instead of overwriting each other."""
+    row = conn.execute("SELECT summary -> 'merge' FROM etl.load_runs WHERE load_run_id = %s FOR UPDATE",
+                       (run_id,)).fetchone()
+    before: dict[str, Any] = (row[0] if row else None) or {}
+    merged = {
+        **{key: round((before.get(key) or 0) + (summary.get(key) or 0), 3) for key in _MERGE_TOTALS},
+        "extracts": {**(before.get("extracts") or {}), **summary.get("extracts", {})},
+    }
+    conn.execute("UPDATE etl.load_runs SET summary = coalesce(summary, '{}'::jsonb) || %s WHERE load_run_id = %s",
+                 (Jsonb({"merge": merged}), run_id))
 
 
 def record_run_error(conn: psycopg.Connection, run_id: int, error: str) -> None:

@@ -427,24 +427,34 @@ def merge_dimensions(conn: psycopg.Connection, run_id: int, settings) -> dict[st
     return _merge_files(conn, run_id, settings, dims, "run")
 
 
+def ensure_calendar_of_extract(conn: psycopg.Connection, run_id: int, extract: str) -> None:
+    """The core.dim_date rows the run's staged files of a fact extract need, in the caller's transaction:
+    the lifecycle commits it before the extract's merge, so parallel fact merges do not queue on
+    core.dim_date (a day inserted by one is seen by the others)."""
+    _lock_shared(conn, LockSpace.MERGE, 0)
+    ids = [f for f, _ in _files_to_merge_unlocked(conn, run_id, [extract])]
+    if ids:
+        first, last, odd = conn.execute(_fact_statements(extract)["range"], {"files": ids}).fetchone()
+        ensure_dim_date(conn, first, last, odd)
+
+
 def merge_facts_of_extract(conn: psycopg.Connection, run_id: int, extract: str, settings) -> dict[str, Any]:
-    """The staged files of one fact extract of the run, in one transaction holding that extract's own
-    MERGE lock (exclusive) and the run-wide one shared: fact merges of different extracts run in
-    parallel, never beside a dimension merge (inferred members they create are ordered inserts, so two
-    of them wait for each other at worst, never deadlock). The calendar rows its dates need are
-    committed first, in a short transaction of their own, so parallel fact merges do not queue on
-    core.dim_date."""
+    """The staged files of one fact extract of the run, in the caller's transaction, holding that
+    extract's own MERGE lock (exclusive) and the run-wide one shared: fact merges of different extracts
+    run in parallel, never beside a dimension merge (inferred members they create are ordered inserts,
+    so two of them wait for each other at worst, never deadlock). Never commits."""
     spec = get_spec(extract)
     if spec.is_dimension:
         raise ValueError(f"{extract} is a dimension: merge it with merge_dimensions")
-    conn.commit()
-    with bound(load_run_id=run_id, extract=extract), conn.transaction():
-        _lock_shared(conn, LockSpace.MERGE, 0)
-        ids = [f for f, _ in _files_to_merge_unlocked(conn, run_id, [extract])]
-        if ids:
-            first, last, odd = conn.execute(_fact_statements(extract)["range"], {"files": ids}).fetchone()
-            ensure_dim_date(conn, first, last, odd)
-    return _merge_files(conn, run_id, settings, [extract], "extract")
+    with bound(load_run_id=run_id, extract=extract):
+        return _merge_files(conn, run_id, settings, [extract], "extract")
+
+
+def staged_fact_extracts(conn: psycopg.Connection, run_id: int) -> list[str]:
+    """The fact extracts with files the run's merge takes (its own staged files and those closed runs
+    left), in name order: one merge task each, after the dimensions."""
+    facts = sorted(name for name, spec in load_all().items() if not spec.is_dimension)
+    return sorted({extract for _, extract in _files_to_merge_unlocked(conn, run_id, facts)})
 
 
 def _files_to_merge_unlocked(conn: psycopg.Connection, run_id: int, extracts: list[str]) -> list[tuple[int, str]]:

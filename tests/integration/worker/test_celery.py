@@ -298,7 +298,7 @@ def test_task_arguments_hold_only_ids_and_the_selection(fresh):
 
     canvas = run_signature(run_id, plan.file_ids)
     assert len(canvas.tasks) == len(files)  # one chain per file in the chord's header
-    assert [t.name for t in canvas.body.tasks] == ["indici.merge_run", "indici.finalise_run"]
+    assert [t.name for t in canvas.body.tasks] == ["indici.merge_dimensions", "indici.finalise_run"]
     arguments = list(_leaves(canvas)) + list(_flatten(
         [start_run.s(run_id, orchestration.selection_to_json(selection)).args]))
     secrets = {settings.nhi_hmac_key.get_secret_value(), settings.database_url.get_secret_value(),

@@ -26,7 +26,8 @@ from tests.integration.worker.pipeline.test_merge import (
     versions,
 )
 from worker.io.db import connect
-from worker.pipeline.merge import ensure_dim_date, merge_dimensions, merge_facts_of_extract, merge_run
+from worker.pipeline import lifecycle
+from worker.pipeline.merge import ensure_dim_date, merge_facts_of_extract, merge_run
 from worker.pipeline.run import Selection, plan_run, process_file
 
 pytestmark = pytest.mark.integration
@@ -171,23 +172,30 @@ def test_calendar_is_continuous_and_independent_of_load_order(pipeline_settings)
 
 
 def test_fact_merges_per_extract_after_the_dimensions(pipeline_settings):
+    """The Celery driver's merge in parts (lifecycle.merge part=...): dimensions, then each fact
+    extract on its own; each part marks its files merged and adds to the run's merge summary."""
     s = pipeline_settings
     put_rows(s, "Patients", [patient(1, "A")], T1)
     put_rows(s, "Appointments", [appointment(10, 1, T1)], T1)
     run_id = _stage_only(s, T1.date())
     with connect(s) as conn:
-        dims = merge_dimensions(conn, run_id, s)
+        dims = lifecycle.merge(conn, run_id, s, part=lifecycle.DIMENSIONS)
         assert set(dims["extracts"]) == {"Patients"}
-        facts = merge_facts_of_extract(conn, run_id, "Appointments", s)
+        assert lifecycle.staged_fact_extracts(conn, run_id) == ["Appointments"]
+        facts = lifecycle.merge(conn, run_id, s, part="Appointments")
         assert set(facts["extracts"]) == {"Appointments"} and facts["files_merged"] == 1
         # the practice and provider (no PracticeInfo or Providers file), not the patient
         assert "Patients" not in facts["extracts"]["Appointments"]["inferred"]
-        again = merge_facts_of_extract(conn, run_id, "Appointments", s)
-        assert again["files_merged"] == 0
+        assert lifecycle.staged_fact_extracts(conn, run_id) == []
+        again = lifecycle.merge(conn, run_id, s, part="Appointments")
+        assert again is not None and again["files_merged"] == 0
         with pytest.raises(ValueError):
             merge_facts_of_extract(conn, run_id, "Patients", s)
     assert q(s, "SELECT DISTINCT status FROM etl.load_run_files") == [("merged",)]
-    assert q(s, "SELECT p.family_name FROM core.fact_appointment JOIN core.dim_patient p USING (patient_key)") == [("A",)]
+    assert q(s, "SELECT p.family_name FROM core.fact_appointment JOIN core.dim_patient p USING (patient_key)") \
+        == [("A",)]
+    (merge,), = q(s, "SELECT summary -> 'merge' FROM etl.load_runs WHERE load_run_id = %s", (run_id,))
+    assert merge["files_merged"] == 2 and set(merge["extracts"]) == {"Patients", "Appointments"}
     assert get_spec("Appointments").is_dimension is False
 
 
