@@ -39,7 +39,10 @@ def _load(settings_, order) -> dict:
     reset_data(settings_.database_url.get_secret_value())
     for index in order:
         load_date(settings_, DAYS[index])
-    return core_snapshot(settings_)
+    snapshot = core_snapshot(settings_)
+    # the calendar too: one continuous range over the dates seen, whatever the order
+    snapshot["dim_date"] = q(settings_, "SELECT d::text FROM core.dim_date t, LATERAL (SELECT t.*) d ORDER BY t.date")
+    return snapshot
 
 
 @pytest.fixture()
