@@ -115,7 +115,8 @@ def main() -> int:
     head, tail = statistics.median(seconds[:3]), statistics.median(seconds[-3:])
     print(f"\n{args.weeks} weekly full Patients files of {args.patients:,} rows "
           f"({args.tracked_share:.0%} tracked, {args.untracked_share:.0%} untracked changes a week):")
-    print(f"merge of week 1: {first:.2f} s; week {args.weeks}: {last:.2f} s; ratio {last / first:.2f}x (target <= 1.20x)")
+    print(f"merge of week 1: {first:.2f} s; week {args.weeks}: {last:.2f} s; "
+          f"ratio {last / first:.2f}x (target <= 1.20x)")
     print(f"median of the last 3 weeks / median of the first 3: {tail / head:.2f}x")
     print("seconds per week:", [round(x, 2) for x in seconds])
     return 0

@@ -278,7 +278,8 @@ def _merge_dimension(conn, spec: ExtractSpec, key: ActiveKey | None, params: dic
     t = time.monotonic()
     for statement in st["fast"]:
         conn.execute(statement, params)
-    result.fast = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE NOT m_slow").format(M.INCOMING_TABLE)).fetchone()[0]
+    result.fast = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE NOT m_slow").format(M.INCOMING_TABLE)).fetchone()[0]
     changed = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(M.FAST_TABLE)).fetchone()[0]
     if changed:
         apply = st["fast_apply"]

@@ -59,7 +59,8 @@ def test_every_relation_of_a_fact_merge_is_counted_zero(pipeline_settings):
     assert all(observed == 0 and passed for _, _, observed, passed in rows)
     # and what they guard holds: every fact names an existing version of each dimension and a calendar day
     assert q(s, "SELECT count(*) FROM core.fact_appointment a LEFT JOIN core.dim_patient p USING (patient_key) "
-                "LEFT JOIN core.dim_date d USING (date_key) WHERE p.patient_key IS NULL OR d.date_key IS NULL") == [(0,)]
+                "LEFT JOIN core.dim_date d USING (date_key) WHERE p.patient_key IS NULL OR d.date_key IS NULL") \
+        == [(0,)]
 
 
 def test_an_unresolvable_reference_fails_the_merge_with_a_clear_error(pipeline_settings):
@@ -91,7 +92,8 @@ def test_a_dimension_merge_that_would_orphan_a_fact_fails(pipeline_settings):
         stray = conn.execute(
             "INSERT INTO core.dim_patient (patient_id, practice_id, per_org_id, effective_from, effective_to, "
             "is_current, load_file_id, row_number, s3_version_id, file_hash, date_extracted, date_to, load_run_id) "
-            "SELECT patient_id, practice_id, per_org_id, '2000-01-01', effective_from, false, load_file_id, row_number, "
+            "SELECT patient_id, practice_id, per_org_id, '2000-01-01', effective_from, false, load_file_id, "
+            "row_number, "
             "s3_version_id, file_hash, date_extracted, date_to, load_run_id FROM core.dim_patient WHERE patient_id = 1 "
             "RETURNING patient_key").fetchone()[0]
         conn.execute("UPDATE core.fact_appointment SET patient_key = %s", (stray,))
@@ -137,7 +139,8 @@ def test_fast_path_and_full_recompute_give_the_same_history(pipeline_settings):
     assert [r["slow"] for r in results] == [0, 0, 0, 0]
     assert results[2]["inserted"] == 1 and results[2]["updated"] == 0  # only the new patient is written
     fast = core_snapshot(s)
-    assert [(v[0], v[1], v[4]) for v in versions(s, 2)] == [("B", "a@example.org", False), ("B2", "a@example.org", True)]
+    assert [(v[0], v[1], v[4]) for v in versions(s, 2)] == [("B", "a@example.org", False),
+                                                            ("B2", "a@example.org", True)]
     assert q(s, "SELECT a.appointment_id, p.family_name FROM core.fact_appointment a JOIN core.dim_patient p "
                 "USING (patient_key) ORDER BY 1") == [(10, "A"), (11, "B2"), (12, "A2")]
 
@@ -151,7 +154,8 @@ def test_fast_path_and_full_recompute_give_the_same_history(pipeline_settings):
 
 def test_calendar_is_continuous_and_independent_of_load_order(pipeline_settings):
     s = pipeline_settings
-    put_rows(s, "Appointments", [appointment(10, 1, datetime(2025, 8, 1, 9)), appointment(11, 1, datetime(2025, 8, 3, 9))], T1)
+    put_rows(s, "Appointments", [appointment(10, 1, datetime(2025, 8, 1, 9)),
+                                 appointment(11, 1, datetime(2025, 8, 3, 9))], T1)
     put_rows(s, "Appointments", [appointment(12, 1, datetime(2025, 8, 20, 9))], T2)
     calendars = []
     for order in ((T1, T2), (T2, T1)):
