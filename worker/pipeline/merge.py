@@ -77,6 +77,9 @@ class MergeResult:
     orphans: dict[str, int] = field(default_factory=dict)  # relation -> rows that break it (must be 0)
     fast: int = 0  # dimension rows of the files that took the fast path (history only grows at its end)
     slow: int = 0  # dimension keys whose history was recomputed
+    # The operator's full-vs-delta flag (config full_file_deletes + full_batches) as this merge used it:
+    # on record in the run's summary whenever full files removed what they no longer hold.
+    full_file_deletes: list[str] | None = None
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step, for tuning
 
@@ -199,6 +202,8 @@ def merge_extract(conn: psycopg.Connection, spec: ExtractSpec, file_ids: list[in
     key = nhi_keys.key_for_merge(conn, settings, spec.extract) if M.nhi_columns(spec) else None
     deletes, full_batches = _delete_settings(conn, spec)
     params = {"files": file_ids, "extract": spec.extract, "deletes": deletes, "full_batches": full_batches}
+    if deletes:
+        result.full_file_deletes = full_batches
     # Wide generated statements gain nothing from JIT and pay seconds to compile it; the newest-version
     # sort of a large file spills to disk with the default work_mem.
     conn.execute("SET LOCAL jit = off")

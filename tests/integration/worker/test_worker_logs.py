@@ -135,7 +135,10 @@ def test_beat_and_flower_log_json(env, tmp_path):
         _stop(beat)
         _stop(flower)
     beat_records = _json_lines(beat_log)
-    assert any(r.get("event") == "beat starting" and r.get("schedule") == ["nightly-run"] for r in beat_records)
+    from scheduler import BEAT_SCHEDULE
+
+    assert any(r.get("event") == "beat starting" and r.get("schedule") == sorted(BEAT_SCHEDULE) for r in beat_records)
+    assert {"nightly-run", "reconcile"} <= set(BEAT_SCHEDULE)
     assert any(r.get("logger", "").startswith("celery.beat") for r in beat_records)  # beat's own, as JSON
     flower_records = _json_lines(flower_log)
     assert any("Visit me at" in str(r.get("event")) for r in flower_records)  # Flower's own banner line

@@ -400,7 +400,8 @@ def test_full_file_deletes_off_by_default(clean_config):
     _delete_scenario(s)
     set_config(s, "*", "full_batches", [T1.strftime("%y%m%d%H%M"), T2.strftime("%y%m%d%H%M")])
     load_date(s, T1.date())
-    load_date(s, T2.date())
+    summary = load_date(s, T2.date())
+    assert summary["merge"]["extracts"]["Patients"]["full_file_deletes"] is None  # the flag is off: not used
     assert q(s, "SELECT count(*) FROM core.dim_patient WHERE is_removed") == [(0,)]
     assert q(s, "SELECT count(*) FROM core.fact_appointment WHERE is_removed") == [(0,)]
 
@@ -414,7 +415,10 @@ def test_full_file_deletes_remove_absent_rows_order_independently(clean_config):
     for order in ((T1, T2), (T2, T1)):
         reset_data(s.database_url.get_secret_value())
         for when in order:
-            load_date(s, when.date())
+            summary = load_date(s, when.date())
+            # each use of the full-vs-delta flag is on record in the run's summary
+            assert summary["merge"]["extracts"]["Patients"]["full_file_deletes"] == [
+                T1.strftime("%y%m%d%H%M"), T2.strftime("%y%m%d%H%M")]
         assert [(v[2], v[3], v[4], v[6]) for v in versions(s, 2)] == [
             (utc(T1), utc(T2), False, False), (utc(T2), None, True, True)]
         assert [v[6] for v in versions(s, 1)] == [False]
