@@ -228,8 +228,8 @@ def test_merge_backend_terminated(faults):
     try:
         run_id = _enqueue(faults)
         merging = _until(lambda: bool(_query(
-            faults, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
-                    "AND state <> 'idle'", (f"indici-ingest run {run_id} merge",))), timeout=120, poll=0.005)
+            faults, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s "
+                    "AND state <> 'idle'", (f"indici-ingest run {run_id} merge %",))), timeout=120, poll=0.005)
         assert merging, "no merge backend was seen"
         terminated_at = time.monotonic()
         status, _ = _closed(faults, run_id, timeout=240, reconcile=False)
