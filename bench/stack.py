@@ -34,6 +34,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import ADMIN_URL
+from worker.net import free_port, listening
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
@@ -42,22 +43,6 @@ LEASABLE_REDIS_DBS = range(6, 16)
 LEASE_SECONDS = 6 * 60 * 60
 NHI_KEY = "bench-only-nhi-hmac-key-of-at-least-32-bytes"
 REGION = "ap-southeast-2"
-
-
-def _listening(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- memory ------------------------------------------------------------------------------------------
@@ -213,7 +198,7 @@ class Moto:
     """A moto S3 server process (server mode: other processes reach it over HTTP)."""
 
     def __init__(self, log_dir: Path) -> None:
-        port = _free_port()
+        port = free_port()
         moto = Path(sys.executable).with_name("moto_server")
         command = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
         self._log = open(log_dir / "moto.log", "ab")
@@ -221,7 +206,7 @@ class Moto:
                                      stdout=self._log, stderr=self._log)
         self.endpoint = f"http://127.0.0.1:{port}"
         for _ in range(200):
-            if _listening("127.0.0.1", port):
+            if listening("127.0.0.1", port):
                 break
             time.sleep(0.1)
         else:

@@ -18,7 +18,6 @@ faults as the pipeline saw them, and suggests only queries and commands that ret
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from worker.net import free_port, listening
 from worker.pipeline.nztime import NZ
 from worker.pipeline.run import Selection
 from worker.redact import mask_url
@@ -40,18 +40,6 @@ BUCKET = "poutiri-datacraft-data"
 DEMO_MARK = "created by indici-ingest demo"
 DEMO_FAULTS = {"bad_timestamp": 2, "missing_required": 2, "unknown_domain_value": 2, "duplicate_key": 1,
                "nasty_text": 3, "wrong_field_count": 1}
-
-
-def _listening(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DemoDatabaseError(RuntimeError):
@@ -95,7 +83,7 @@ def _database_url(fresh: bool = False) -> tuple[str, str]:
 
         url = get_settings().database_url.get_secret_value()  # DATABASE_URL or DATABASE_URL_FILE
         where = "configured DATABASE_URL"
-    elif _listening("127.0.0.1", 5432):
+    elif listening("127.0.0.1", 5432):
         url = f"postgresql://127.0.0.1:5432/{DEMO_DB}"
         where = "local Postgres on 127.0.0.1:5432"
     else:
@@ -118,14 +106,14 @@ def demo_start(now: datetime | None = None) -> datetime:
 
 
 def _start_moto() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     moto = Path(sys.executable).with_name("moto_server")
     command = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
     DEMO_DIR.mkdir(exist_ok=True)
     log = open(DEMO_DIR / "moto.log", "ab")
     proc = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     for _ in range(100):
-        if _listening("127.0.0.1", port):
+        if listening("127.0.0.1", port):
             return proc, f"http://127.0.0.1:{port}"
         time.sleep(0.1)
     proc.kill()
@@ -136,14 +124,14 @@ def _redis_url() -> tuple[str, str, subprocess.Popen | None]:
     """(broker url, where, process we started or None)."""
     if os.environ.get("CELERY_BROKER_URL"):
         return os.environ["CELERY_BROKER_URL"], "configured CELERY_BROKER_URL", None
-    if _listening("127.0.0.1", 6379):
+    if listening("127.0.0.1", 6379):
         return "redis://127.0.0.1:6379/5", "local Redis on 127.0.0.1:6379, database 5", None
-    port = _free_port()
+    port = free_port()
     DEMO_DIR.mkdir(exist_ok=True)
     proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
-        if _listening("127.0.0.1", port):
+        if listening("127.0.0.1", port):
             return f"redis://127.0.0.1:{port}/0", f"redis-server started for the demo on port {port}", proc
         time.sleep(0.1)
     proc.kill()
@@ -295,8 +283,6 @@ def _what_is_there(conn: psycopg.Connection) -> str | None:
             f"{patients} rows in core.dim_patient. Loading again is safe: a file version already loaded is "
             "skipped, the same bytes under a new version are recorded as a duplicate, and the nightly run only "
             "takes batches from the newest one loaded on.")
-
-
 
 
 def _nightly_via_celery(settings) -> dict:

@@ -37,6 +37,7 @@ from tests.integration.worker.pipeline.helpers import put_file, reset_data
 from tests.integration.worker.test_drivers_equal import snapshot
 from worker.io.db import connect
 from worker.io.s3 import make_client
+from worker.net import free_port
 from worker.pipeline.run import Selection, run_inline
 from worker.settings import Settings
 from worker.synth import build_series
@@ -171,6 +172,20 @@ def _report(name: str, recovery: str, seconds: float) -> None:
     print(f"\nFAULT {name}: recovered {recovery} in {seconds:.1f}s", flush=True)
 
 
+def _rescued(faults, run_id: int, killed_at: float, clean) -> float:
+    """A fresh worker takes over after a kill: the run must end succeeded and equal to the clean run.
+    Returns the seconds from the kill to the run's close."""
+    rescuer = faults.start_worker("rescuer")
+    try:
+        status, _ = _closed(faults, run_id, timeout=240)
+        seconds = time.monotonic() - killed_at
+    finally:
+        _stop(rescuer)
+    assert status == "succeeded"
+    assert _compared(snapshot(faults.url)) == clean
+    return seconds
+
+
 def test_worker_killed_during_copy_of_a_big_file(faults):
     _upload(faults, patients=1500)
     clean = _clean(faults)
@@ -185,14 +200,7 @@ def test_worker_killed_during_copy_of_a_big_file(faults):
         killed_at = time.monotonic()
     finally:
         _stop(worker, kill=True)
-    rescuer = faults.start_worker("rescuer")
-    try:
-        status, _ = _closed(faults, run_id, timeout=240)
-        seconds = time.monotonic() - killed_at
-    finally:
-        _stop(rescuer)
-    assert status == "succeeded"
-    assert _compared(snapshot(faults.url)) == clean
+    seconds = _rescued(faults, run_id, killed_at, clean)
     _report("worker SIGKILLed during COPY", "automatically (reconciler, file lease expiry)", seconds)
 
 
@@ -210,14 +218,7 @@ def test_worker_killed_just_after_a_landing_committed(faults):
         killed_at = time.monotonic()
     finally:
         _stop(worker, kill=True)
-    rescuer = faults.start_worker("rescuer")
-    try:
-        status, _ = _closed(faults, run_id, timeout=240)
-        seconds = time.monotonic() - killed_at
-    finally:
-        _stop(rescuer)
-    assert status == "succeeded"
-    assert _compared(snapshot(faults.url)) == clean
+    seconds = _rescued(faults, run_id, killed_at, clean)
     _report("worker SIGKILLed after a landing committed, before its ack", "automatically (reconciler)", seconds)
 
 
@@ -262,14 +263,6 @@ def test_two_runs_enqueued_at_once_are_one_run(faults):
     _report("two runs enqueued at once", "joined (one run)", seconds)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _redis(port: int, tmp: Path) -> subprocess.Popen:
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL,
@@ -293,7 +286,7 @@ def test_broker_restarted_empty_mid_chord(faults):
     run's files are being loaded: every queued message is lost."""
     _upload(faults, patients=600)
     clean = _clean(faults)
-    port = _free_port()
+    port = free_port()
     own = dict(faults.env, CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0",
                CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{port}/1")
     server = _redis(port, faults.tmp)

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from contracts.registry import get as get_spec
 from tests.conftest import REPO_ROOT
 from tests.integration.worker.io.helpers import login_url
 from tests.integration.worker.pipeline.helpers import Receiver, put_file, reset_data
+from worker.net import free_port
 from worker.synth import build_series
 
 pytestmark = pytest.mark.integration
@@ -96,12 +96,6 @@ def _needles(batches) -> Needles:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Stack:
     db: object
@@ -127,7 +121,7 @@ def stack(migrated_db, s3_server, tmp_path_factory) -> Iterator[Stack]:
     reset_data(migrated_db.url)
     tmp = tmp_path_factory.mktemp("leaks")
     redis_password = secrets.token_urlsafe(18)
-    port = _free_port()
+    port = free_port()
     redis_proc = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--requirepass", redis_password,
          "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

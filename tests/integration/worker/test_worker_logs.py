@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from celery import Celery
 from tests.conftest import REPO_ROOT
 from tests.integration.worker.pipeline.helpers import put_file, reset_data
 from worker.io.s3 import make_client
+from worker.net import free_port
 from worker.settings import Settings
 from worker.synth import build_series
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _json_lines(path: Path) -> list[dict]:
@@ -107,7 +101,7 @@ def test_a_worker_logs_json_at_info_with_the_run_and_key_on_a_file_s_lines(env, 
 
 def test_beat_and_flower_log_json(env, tmp_path):
     beat_log, flower_log = tmp_path / "beat.log", tmp_path / "flower.log"
-    port = _free_port()
+    port = free_port()
     with open(beat_log, "wb") as out:
         beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "--quiet", "beat",
                                  "-s", str(tmp_path / "beat-schedule")],
