@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.registry import get as get_spec
-from tests.integration.worker.pipeline.helpers import put_file, query, reset_config, run
+from tests.integration.worker.pipeline.helpers import put_file, query, run
 from worker.io.db import connect
 from worker.io.indici_reader import encode_rows
 from worker.io.s3 import make_client
@@ -16,15 +16,8 @@ from worker.pipeline.notify import build_run_message
 from worker.pipeline.run import Selection
 from worker.synth import build_series
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def default_config(migrated_db):
-    """These tests set operator values: they start from migrate's etl.config and leave it so."""
-    reset_config(migrated_db.url)
-    yield
-    reset_config(migrated_db.url)
+# These tests set operator values: they start from migrate's etl.config and leave it so.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("default_config")]
 
 
 def test_a_window_relaxes_only_its_files_and_every_use_is_recorded(pipeline_settings):

@@ -14,7 +14,7 @@ import pytest
 
 from contracts import registry
 from contracts.registry import get as get_spec
-from tests.integration.worker.pipeline.helpers import put_file, query, reset_config, run
+from tests.integration.worker.pipeline.helpers import put_file, query, run
 from worker.io.db import connect
 from worker.io.indici_reader import encode_rows
 from worker.io.s3 import make_client
@@ -22,15 +22,8 @@ from worker.pipeline import merge, operator, stage
 from worker.pipeline.restage import RestageError, restage
 from worker.synth import build_series
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def default_config(migrated_db):
-    """These tests set operator values: they start from migrate's etl.config and leave it so."""
-    reset_config(migrated_db.url)
-    yield
-    reset_config(migrated_db.url)
+# These tests set operator values: they start from migrate's etl.config and leave it so.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("default_config")]
 
 PRACTICE = [(685146, 535)]
 
