@@ -199,11 +199,11 @@ class Moto:
 
     def __init__(self, log_dir: Path) -> None:
         port = free_port()
-        moto = Path(sys.executable).with_name("moto_server")
-        command = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
+        # moto's server with listings that do not copy every object's bytes (bench/moto_server.py).
+        command = [sys.executable, "-m", "bench.moto_server"]
         self._log = open(log_dir / "moto.log", "ab")
         self.proc = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)],
-                                     stdout=self._log, stderr=self._log)
+                                     stdout=self._log, stderr=self._log, cwd=REPO_ROOT)
         self.endpoint = f"http://127.0.0.1:{port}"
         for _ in range(200):
             if listening("127.0.0.1", port):
