@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     renews it. A running run whose lease expired has lost its driver (an inline process died, a chord
     message was lost): the reconciler finishes or fails it, and a later run adopts its files."""
 
+    bulk_index_rebuild_rows: int = Field(default=100_000, validation_alias="BULK_INDEX_REBUILD_ROWS")
+    """A fact merge of at least this many staged rows into a fact holding fewer rows than the batch (a
+    first night, a backfill) drops the fact's reference-key indexes and builds them again after the
+    upsert (one sort instead of a random insertion per row and index: 1M Appointments 13 s -> 3 s).
+    The fact is locked against readers until the merge commits. 0 turns it off."""
+
     lock_timeout_seconds: float = Field(default=10 * 60, validation_alias="LOCK_TIMEOUT_SECONDS")
     """Longest wait for a file's or the merge's advisory lock; past it the step fails (retryable) with
     a message naming the backend holding the lock (pg_stat_activity.application_name: run and file)."""

@@ -15,6 +15,7 @@ from contracts import naming
 from contracts.registry import load_all
 from contracts.schema import metadata
 from contracts.sql import access as A
+from contracts.sql import merge as M
 from worker.io.roles import Roles, roles
 from worker.settings import Settings
 
@@ -41,7 +42,8 @@ def apply_access(conn: psycopg.Connection, settings: Settings) -> None:
     for statement in A.database_statements(r, database):
         conn.execute(statement)
     _as_owner(conn, r)
-    for statement in [*A.privilege_statements(r, tables), *A.function_statements(r), *A.policy_statements(r, tables)]:
+    for statement in [*A.privilege_statements(r, tables), *A.function_statements(r), *A.policy_statements(r, tables),
+                      *M.lookup_index_function_statements(load_all(), r.owner, r.writer)]:
         conn.execute(statement)
     _sync_views(conn, r, tables)
     _restore_role(conn, role_before, r)
@@ -87,6 +89,7 @@ def remove_access(conn: psycopg.Connection, settings: Settings) -> None:
             conn.execute(sql.SQL("ALTER TABLE {} DISABLE ROW LEVEL SECURITY").format(t))
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(t, reader))
     conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(*A.READER_ORGS_FUNCTION)))
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}(text, boolean)").format(sql.Identifier(*M.LOOKUP_INDEX_FUNCTION)))
     conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA core TO {}").format(reader))
     conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA core GRANT SELECT ON TABLES TO {}").format(
         owner, reader))

@@ -82,6 +82,9 @@ class MergeResult:
     full_file_deletes: list[str] | None = None
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step, for tuning
+    # A bulk fact merge (BULK_INDEX_REBUILD_ROWS): "insert" into an empty fact, "existing+new" into a
+    # smaller one; None for the upsert.
+    bulk: str | None = None
 
     def timed(self, step: str, started: float) -> None:
         self.steps[step] = round(self.steps.get(step, 0.0) + time.monotonic() - started, 4)
@@ -133,6 +136,9 @@ def _fact_statements(extract: str) -> dict[str, Any]:
         "range": M.fact_date_range_statement(spec),
         "inferred": M.inferred_statements(spec, specs),
         "upsert": {dedupe: M.fact_upsert_statement(spec, specs, dedupe) for dedupe in (False, True)},
+        "bulk": {(dedupe, keys): M.fact_upsert_statement(spec, specs, dedupe, keys)
+                 for dedupe in (False, True) for keys in (M.EXISTING_KEYS, M.NEW_KEYS, M.INSERT_ONLY)},
+        "held": M.held_keys_statements(spec),
         "relations": M.relations(spec, specs),
         "removal": M.fact_removal_statement(spec),
     }
@@ -213,7 +219,7 @@ def merge_extract(conn: psycopg.Connection, spec: ExtractSpec, file_ids: list[in
             params["all_slow"] = deletes or _others_staged(conn, spec, file_ids)
             _merge_dimension(conn, spec, key, params, result)
         else:
-            _merge_fact(conn, spec, key, params, result)
+            _merge_fact(conn, spec, key, params, result, settings)
         conn.execute(M.drop_temp_statement())
     result.seconds = round(time.monotonic() - started, 3)
     log.info("extract merged", orphans=sum(result.orphans.values()),
@@ -296,7 +302,8 @@ def _merge_dimension(conn, spec: ExtractSpec, key: ActiveKey | None, params: dic
     result.timed("fast", t)
 
 
-def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, result: MergeResult) -> None:
+def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, result: MergeResult,
+                settings) -> None:
     st = _fact_statements(spec.extract)
     t = time.monotonic()
     first, last, odd = conn.execute(st["range"], params).fetchone()
@@ -322,14 +329,54 @@ def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, re
     conn.execute("SET LOCAL enable_mergejoin = off")
     t = time.monotonic()
     # One file holds a key once (stg's unique (load_file_id, <nk>)): no newest-version sort needed.
-    row = conn.execute(st["upsert"][len(params["files"]) > 1], params).fetchone()
-    result.inserted, result.updated = row[0], row[1]
-    result.orphans = {rel.name: int(n) for rel, n in zip(st["relations"], row[2:])}
+    several = len(params["files"]) > 1
+    held = _bulk_load(conn, spec, params, settings)
+    if held is None:
+        statements = [st["upsert"][several]]
+    else:
+        conn.execute(_LOOKUP_INDEXES, (spec.core.table, False))
+        if held == 0:
+            result.bulk = M.INSERT_ONLY
+            statements = [st["bulk"][several, M.INSERT_ONLY]]
+        else:
+            result.bulk = f"{M.EXISTING_KEYS}+{M.NEW_KEYS}"
+            for statement in st["held"]:
+                conn.execute(statement)
+            statements = [st["bulk"][several, M.EXISTING_KEYS], st["bulk"][several, M.NEW_KEYS]]
+    result.orphans = {rel.name: 0 for rel in st["relations"]}
+    for statement in statements:
+        row = conn.execute(statement, params).fetchone()
+        result.inserted += row[0]
+        result.updated += row[1]
+        for rel, n in zip(st["relations"], row[2:]):
+            result.orphans[rel.name] += int(n)
     result.timed("upsert", t)
+    if held is not None:
+        t = time.monotonic()
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        conn.execute(_LOOKUP_INDEXES, (spec.core.table, True))
+        result.timed("indexes", t)
     if params["deletes"] and not any(result.orphans.values()):
         t = time.monotonic()
         result.removed = conn.execute(st["removal"], params).fetchone()[0]
         result.timed("removal", t)
+
+
+_LOOKUP_INDEXES = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(*M.LOOKUP_INDEX_FUNCTION))
+
+
+def _bulk_load(conn: psycopg.Connection, spec: ExtractSpec, params: dict, settings) -> int | None:
+    """For a bulk load (contracts/sql/merge.py, bulk loads: at least BULK_INDEX_REBUILD_ROWS staged rows
+    going into a fact that holds fewer rows than the batch), the rows the fact holds; else None."""
+    threshold = settings.bulk_index_rebuild_rows
+    if threshold <= 0:
+        return None
+    staged = conn.execute("SELECT coalesce(sum(rows_staged), 0) FROM etl.load_run_files WHERE file_id = ANY(%s)",
+                          (params["files"],)).fetchone()[0]
+    if staged < threshold:
+        return None
+    held = int(conn.execute(M.bulk_row_probe_statement(spec), {"limit": int(staged)}).fetchone()[0])
+    return held if held < staged else None
 
 
 def _files_to_merge(conn: psycopg.Connection, run_id: int, extracts: list[str] | None = None) -> list[tuple[int, str]]:
