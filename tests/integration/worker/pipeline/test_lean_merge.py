@@ -214,3 +214,16 @@ def test_several_files_of_a_fact_in_one_merge_keep_the_newest_version(pipeline_s
     assert summary["extracts"]["Appointments"]["inserted"] == 2
     assert q(s, "SELECT appointment_id, appointment_status, date_extracted::text FROM core.fact_appointment "
                 "ORDER BY 1") == [(10, "Completed", utc(T2)), (11, "Booked", utc(T1))]
+
+
+def test_calendar_bounds_are_the_nz_dates_of_the_first_and_last_plausible_instants(pipeline_settings):
+    """The range statement compares instants with NZ midnights (contracts/sql/merge.py,
+    fact_date_range_statement): an appointment at the first minute of the first plausible NZ day and one
+    at the last second of the last are both inside one continuous calendar, with no day of their own."""
+    s = pipeline_settings
+    load_rows(s, "Appointments", [appointment(10, 1, datetime(1900, 1, 2, 0, 0)),
+                                  appointment(11, 1, datetime(2099, 12, 31, 23, 59, 59))], T1)
+    assert q(s, "SELECT min(date)::text, max(date)::text, count(*) FROM core.dim_date") == [
+        ("1900-01-02", "2099-12-31", (date(2099, 12, 31) - date(1900, 1, 2)).days + 1)]
+    assert q(s, "SELECT appointment_id, date_key FROM core.fact_appointment ORDER BY 1") == [
+        (10, 19000102), (11, 20991231)]
