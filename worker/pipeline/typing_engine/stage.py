@@ -3,8 +3,12 @@
 On the file's own connection and transaction (the caller's):
 
 1. The file's raw rows are streamed out with `COPY (SELECT row_number, <fields> FROM raw.<t> WHERE
-   load_file_id = ...) TO STDOUT (FORMAT csv)` into a local spool file (a connection runs one COPY at a
-   time, and the typed rows go back in on the same connection).
+   load_file_id = ...) TO STDOUT (FORMAT csv)` on a second connection, by a reader thread (a connection
+   runs one COPY at a time, and the typed rows go back in on the file's own connection). The first pass
+   types what has arrived while Postgres produces the rest (it used to wait for the whole file: 18% of
+   staging); every chunk is also kept in a local spool file for a second pass. The raw rows were
+   committed by the landing, so the second connection sees them; the stage's reconciliation (read = raw
+   = staged + rejected) fails the file should it ever see fewer.
 2. A pass over the spool, inside a savepoint, holding nothing back (a file rarely repeats a key).
    Should stg's unique (load_file_id, natural key) constraint fail, the savepoint is rolled back and
    the key pass runs: the natural-key columns (a narrow COPY) are typed and hashed, and hashes seen
@@ -23,10 +27,12 @@ rows; never the whole file as Python objects.
 from __future__ import annotations
 
 import json
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 import numpy as np
 import pgpq
@@ -91,6 +97,102 @@ def _spool_raw(conn: psycopg.Connection, spec: ExtractSpec, file_id: int, column
     out.seek(0)
 
 
+def _raw_statement(spec: ExtractSpec, file_id: int, columns: list[str]) -> sql.Composed:
+    return sql.SQL("COPY (SELECT {} FROM {} WHERE load_file_id = {}) TO STDOUT (FORMAT csv)").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.Identifier(naming.RAW, naming.raw_table(spec)),
+        sql.Literal(file_id),
+    )
+
+
+class _RawStream:
+    """The file's raw rows as CSV chunks, read by a thread on its own connection to the same database
+    (same login and application_name), each chunk also written to `spool`. Bounded: at most DEPTH chunks
+    of about CHUNK_BYTES wait for the typing."""
+
+    CHUNK_BYTES = 1 << 20
+    DEPTH = 8
+
+    def __init__(self, conn: psycopg.Connection, statement: sql.Composed, spool: IO[bytes]) -> None:
+        self._conninfo = conn.info.dsn
+        self._password = conn.info.password
+        self._application = conn.info.parameter_status("application_name") or "indici-ingest"
+        self._statement = statement.as_string(conn)
+        self._spool = spool
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.DEPTH)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._ended = False  # the end marker was taken from the queue
+        self.rows = 0  # raw rows read (complete once chunks() or drain() has returned)
+        self._thread = threading.Thread(target=self._read, name="raw-out", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        try:
+            with psycopg.connect(self._conninfo, password=self._password or None, autocommit=True,
+                                 application_name=f"{self._application} raw-out"[:63]) as reader:
+                with reader.cursor() as cur, cur.copy(self._statement) as copy:
+                    parts: list[bytes] = []
+                    size = 0
+                    for data in copy:  # one message per row
+                        self.rows += 1
+                        parts.append(bytes(data))
+                        size += len(data)
+                        if size >= self.CHUNK_BYTES:
+                            chunk = b"".join(parts)
+                            self._spool.write(chunk)
+                            if not self._put(chunk):
+                                return
+                            parts, size = [], 0
+                    if parts:
+                        chunk = b"".join(parts)
+                        self._spool.write(chunk)
+                        self._put(chunk)
+        except BaseException as exc:  # re-raised in the typing thread
+            self._error = exc
+        finally:
+            self._put(None)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The chunks not taken yet (none once the end was taken), then waits for the reader."""
+        while not self._ended and (chunk := self._queue.get()) is not None:
+            yield chunk
+        self._ended = True
+        self.finish()
+
+    def finish(self) -> None:
+        """Wait for the reader; the spool then holds the whole file. Raises the reader's error."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._spool.flush()
+
+    def drain(self) -> None:
+        """Read the rest without typing it (it is in the spool)."""
+        for _ in self.chunks():
+            pass
+
+    def close(self) -> None:
+        """Stop the reader (the typing failed) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+def _spool_chunks(spool: IO[bytes], read_bytes: int) -> Iterator[bytes]:
+    spool.seek(0)
+    while data := spool.read(read_bytes):
+        yield data
+
+
 def _record_end(buf: bytes) -> int:
     """The length of the complete CSV records at the start of `buf` (0 if none): the last LF outside a
     quoted value. Postgres quotes a value holding a quote, delimiter, CR or LF and doubles its quotes, so
@@ -103,10 +205,10 @@ def _record_end(buf: bytes) -> int:
     return 0
 
 
-def _batches(spool: IO[bytes], columns: list[str], read_bytes: int = READ_BYTES) -> Iterator[pa.Table]:
-    """The spooled CSV as tables of about `read_bytes` each, parsed by Arrow in 4 MiB blocks on this
-    thread (the other core is Postgres'; threads also cost memory). Read in bounded pieces cut at
-    record ends: Arrow's streaming reader reads a Python file ahead without limit."""
+def _batches(chunks: Iterable[bytes], columns: list[str], read_bytes: int = READ_BYTES) -> Iterator[pa.Table]:
+    """The CSV chunks as tables of about `read_bytes` each, parsed by Arrow in 4 MiB blocks on this
+    thread (the other core is Postgres'; threads also cost memory). Cut at record ends: Arrow's
+    streaming reader reads a Python file ahead without limit."""
     types = {c: pa.string() for c in columns}
     types[ROW_NUMBER] = pa.int64()
     options = dict(
@@ -115,19 +217,27 @@ def _batches(spool: IO[bytes], columns: list[str], read_bytes: int = READ_BYTES)
         convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
                                              quoted_strings_can_be_null=False),
     )
-    spool.seek(0)
+    pending: list[bytes] = []
+    size = 0
     carry = b""
-    while True:
-        data = spool.read(read_bytes)
-        if not data:
-            break
-        buf = carry + data if carry else data
-        cut = _record_end(buf)
+
+    def parse(final: bool) -> Iterator[pa.Table]:
+        nonlocal carry
+        buf = carry + b"".join(pending) if carry else b"".join(pending)
+        pending.clear()
+        cut = len(buf) if final else _record_end(buf)
         if cut:
             yield pacsv.read_csv(pa.py_buffer(memoryview(buf)[:cut]), **options)
         carry = buf[cut:]
-    if carry:
-        yield pacsv.read_csv(pa.py_buffer(carry), **options)
+
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= read_bytes:
+            yield from parse(final=False)
+            size = 0
+    if pending or carry:
+        yield from parse(final=True)
 
 
 def _encoder(schema: pa.Schema, jsonb: tuple[str, ...]) -> pgpq.ArrowToPostgresBinaryEncoder:
@@ -185,19 +295,56 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
         seconds[name] = seconds.get(name, 0.0) + now - clock[0]
         clock[0] = now
 
+    expected = getattr(record, "rows_raw", None)
     with tempfile.TemporaryFile(prefix="indici-stage-") as spool:
-        _spool_raw(conn, spec, record.file_id, columns, spool)
-        lap("spool")
         try:
-            with conn.transaction():
-                result = _pass(conn, spec, record, engine, spool, None, lap)
+            if isinstance(expected, int) and expected > 0:
+                # The landing committed and counted the raw rows: read them on a second connection.
+                stream = _RawStream(conn, _raw_statement(spec, record.file_id, columns), spool)
+                try:
+                    with conn.transaction():
+                        result = _pass(conn, spec, record, engine, stream.chunks(), None, lap)
+                        if stream.rows != expected:
+                            raise _NotAllVisible(stream.rows)
+                finally:
+                    stream.drain()  # the rest of the file into the spool, should a second pass need it
+                    stream.close()
+            else:
+                # Raw rows this transaction may have written itself (no count yet): read them here.
+                _spool_raw(conn, spec, record.file_id, columns, spool)
+                lap("spool")
+                with conn.transaction():
+                    result = _pass(conn, spec, record, engine, _spool_chunks(spool, READ_BYTES), None, lap)
+        except _NotAllVisible:
+            # Not every raw row was visible to the second connection: this transaction wrote them. The
+            # savepoint is rolled back; stage from this connection's own view.
+            lap("raw_not_visible")
+            spool.seek(0)
+            spool.truncate()
+            _spool_raw(conn, spec, record.file_id, columns, spool)
+            try:
+                with conn.transaction():
+                    result = _pass(conn, spec, record, engine, _spool_chunks(spool, READ_BYTES), None, lap)
+            except psycopg.errors.UniqueViolation:
+                result = _second_pass(conn, spec, record, engine, spool, lap)
         except psycopg.errors.UniqueViolation:
-            lap("duplicates_found")
-            repeated = _repeated_keys(conn, spec, record, engine)
-            lap("keys")
-            result = _pass(conn, spec, record, engine, spool, repeated, lap)
+            result = _second_pass(conn, spec, record, engine, spool, lap)
     result.seconds = seconds
     return result
+
+
+class _NotAllVisible(Exception):
+    """The second connection read fewer (or more) raw rows than the ledger counted."""
+
+
+def _second_pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, spool: IO[bytes],
+                 lap) -> EngineResult:
+    """The file repeats a natural key: find the repeated keys, then type the spool again holding their
+    rows back for the duplicate-key rule."""
+    lap("duplicates_found")
+    repeated = _repeated_keys(conn, spec, record, engine)
+    lap("keys")
+    return _pass(conn, spec, record, engine, _spool_chunks(spool, READ_BYTES), repeated, lap)
 
 
 def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine) -> np.ndarray:
@@ -207,7 +354,7 @@ def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: 
     key_columns = [ROW_NUMBER, *spec.natural_key]
     with tempfile.TemporaryFile(prefix="indici-keys-") as keys_spool:
         _spool_raw(conn, spec, record.file_id, key_columns, keys_spool)
-        for batch in _batches(keys_spool, key_columns, 16 << 20):
+        for batch in _batches(_spool_chunks(keys_spool, 16 << 20), key_columns, 16 << 20):
             ok, typed = engine.check_keys(batch)
             hashes.append(engine.key_hashes(typed)[ok])
     all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
@@ -215,7 +362,7 @@ def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: 
     return unique[repeats > 1]
 
 
-def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, spool: IO[bytes],
+def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, chunks: Iterable[bytes],
           repeated: np.ndarray | None, lap) -> EngineResult:
     """One pass over the spooled raw rows: typed rows into stg (binary COPY), rejects after. Kept rows
     whose key hash is in `repeated` are held back and resolved by the duplicate-key rule at the end."""
@@ -271,7 +418,7 @@ def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEng
         with conn.cursor() as cur:
             with _copy_into(cur, target, lineage.schema.names) as copy:
                 copy.write(stg_encoder.write_header())
-                for batch in _batches(spool, columns):
+                for batch in _batches(chunks, columns):
                     block: TypedBlock = engine.type_block(batch, counts)
                     rejected += write_rejects(block.rejects)
                     kept = block.kept
