@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
@@ -42,7 +43,17 @@ def reset_data(url: str) -> None:
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
             "WHERE schemaname IN ('raw', 'stg', 'etl', 'core') AND tablename <> 'config'"
         ).fetchall()
-        conn.execute("TRUNCATE " + ", ".join(t[0] for t in tables) + " RESTART IDENTITY CASCADE")
+        # TRUNCATE locks the tables one by one: a process reading two of them at that moment (a worker
+        # just started by a fixture, a previous test's reader finishing) can form a deadlock with it,
+        # which Postgres breaks by failing one side. Emptying is idempotent: try again.
+        for attempt in range(5):
+            try:
+                conn.execute("TRUNCATE " + ", ".join(t[0] for t in tables) + " RESTART IDENTITY CASCADE")
+                return
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
 
 class Receiver:
