@@ -85,12 +85,7 @@ def mapped_domains(conn: psycopg.Connection, spec: ExtractSpec) -> dict[str, lis
 
 
 def _spool_raw(conn: psycopg.Connection, spec: ExtractSpec, file_id: int, columns: list[str], out: IO[bytes]) -> None:
-    statement = sql.SQL("COPY (SELECT {} FROM {} WHERE load_file_id = {}) TO STDOUT (FORMAT csv)").format(
-        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-        sql.Identifier(naming.RAW, naming.raw_table(spec)),
-        sql.Literal(file_id),
-    )
-    with conn.cursor() as cur, cur.copy(statement) as copy:
+    with conn.cursor() as cur, cur.copy(_raw_statement(spec, file_id, columns)) as copy:
         for data in copy:
             out.write(data)
     out.flush()
