@@ -124,9 +124,10 @@ def measure_run(bench: Bench, target: Target, worker: Worker, day: date, expecte
     seconds = (run["finished_at"] - run["started_at"]).total_seconds()
     peaks = worker.sampler.peaks()
     stages = R.stage_seconds(tasks)
+    stages["raw_landing"] = worker.raw_landing_seconds
     rejected = sum(f["rows_rejected"] or 0 for f in files)
     say(f"{label}: {seconds:.2f} s S3 -> core ({rows_read:,} rows, {rejected:,} rejected), stages "
-        + ", ".join(f"{k} {R.fmt(stages.get(k))}" for k in R.STAGES)
+        + ", ".join(f"{k} {R.fmt(stages.get(k))}" for k in R.STAGES) + f" (raw landing {R.fmt(stages['raw_landing'])})"
         + f"; worker RSS main {peaks['main_mb']:.0f} MB, process {peaks['max_child_mb']:.0f} MB; CPU s worker "
         + f"{peaks['cpu_seconds']:.1f}, postgres {postgres_cpu:.1f}")
     return {
@@ -268,7 +269,7 @@ def bench_size(bench: Bench, rows: int) -> dict[str, Any]:
     e2e = R.summary([x["seconds"] for x in runs])
     copy = R.summary(copy_s)
     dlt = R.summary(dlt_s) if dlt_s else None
-    stages: dict[str, Any] = {k: R.median(x["stages"].get(k) for x in runs) for k in R.STAGES}
+    stages: dict[str, Any] = {k: R.median(x["stages"].get(k) for x in runs) for k in (*R.STAGES, "raw_landing")}
     other_names = sorted({k for x in runs for k in x["stages"]["other"]})
     stages["other"] = {k: R.median(x["stages"]["other"].get(k) for x in runs) for k in other_names}
     marks = sorted({k for x in runs for k in x["ledger_marks"]})

@@ -390,18 +390,21 @@ class Worker:
                 raise RuntimeError(f"the Celery worker did not start:\n{log_path.read_text()[-3000:]}")
         self.sampler = RssSampler(self.proc.pid).start()
         self._log_offset = log_path.stat().st_size
+        self.raw_landing_seconds: float | None = None
 
     def tasks(self, settle: float = 1.0) -> list[dict[str, Any]]:
         """Celery's record of every task logged since the last call (report.task_records): name, state,
         seconds. Waits `settle` seconds first: the last task logs its end just after its commit."""
-        from bench.report import task_records
+        from bench.report import raw_landing_seconds, task_records
 
         time.sleep(settle)
         with open(self.log_path, "rb") as fh:
             fh.seek(self._log_offset)
             text = fh.read().decode("utf-8", "replace")
             self._log_offset = fh.tell()
-        return task_records(text.splitlines())
+        lines = text.splitlines()
+        self.raw_landing_seconds = raw_landing_seconds(lines)  # of the same lines (see report)
+        return task_records(lines)
 
     def stop(self) -> None:
         if getattr(self, "sampler", None) is not None:

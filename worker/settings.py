@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     upsert (one sort instead of a random insertion per row and index: 1M Appointments 13 s -> 3 s).
     The fact is locked against readers until the merge commits. 0 turns it off."""
 
+    stage_while_landing: bool = Field(default=True, validation_alias="STAGE_WHILE_LANDING")
+    """Type a file in the pass that lands it: the blocks raw landing COPYs are typed while Postgres
+    writes them, and loaded into stg in the same transaction (one task, the file pending -> staged).
+    A file the pass cannot stage (a repeated natural key, an error) is committed as landed and staged
+    from raw by the stage step, as when this is off."""
+
     lock_timeout_seconds: float = Field(default=10 * 60, validation_alias="LOCK_TIMEOUT_SECONDS")
     """Longest wait for a file's or the merge's advisory lock; past it the step fails (retryable) with
     a message naming the backend holding the lock (pg_stat_activity.application_name: run and file)."""

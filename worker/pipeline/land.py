@@ -12,10 +12,13 @@ lifecycle records it as failed with the row, the counts and the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -51,6 +54,8 @@ class LandResult:
     rows_read: int | None = None
     landed_at: datetime | None = None
     duplicate_of: int | None = None
+    # The typing of the same pass (worker/pipeline/typing_engine StagingTee), when the caller asked for it.
+    tee: Any = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def copy_columns(spec: ExtractSpec) -> list[str]:
@@ -98,16 +103,26 @@ def _find_duplicate(conn: psycopg.Connection, record: ledger.FileRecord, file_ha
     return row[0] if row else None
 
 
-def land_file(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings | None = None) -> LandResult:
+def land_file(conn: psycopg.Connection, s3_client, file_id: int, settings: Settings | None = None, *,
+              stage: bool = False) -> LandResult:
     """Land one file version through the lifecycle (its lock, state and commit); safe to call twice,
-    or from two workers at once. Kept for callers of the step by file id (bench, tests)."""
+    or from two workers at once. Kept for callers of the step by file id (bench, tests): the landing
+    alone unless `stage` (then the file is staged in the same pass, as the pipeline's land step does)."""
     from worker.pipeline import lifecycle
 
-    return lifecycle.land_file(conn, s3_client, file_id, settings or get_settings())
+    return lifecycle.land_file(conn, s3_client, file_id, settings or get_settings(), stage=stage)
 
 
-def land_version(conn: psycopg.Connection, s3_client, record: ledger.FileRecord, settings: Settings) -> LandResult:
-    """Spool, hash and COPY one file version in the caller's transaction; no commit, no state write."""
+TeeFactory = Callable[[ledger.FileRecord], Any]
+
+
+def land_version(conn: psycopg.Connection, s3_client, record: ledger.FileRecord, settings: Settings,
+                 tee: TeeFactory | None = None) -> LandResult:
+    """Spool, hash and COPY one file version in the caller's transaction; no commit, no state write.
+
+    `tee`, given the record with its hash, returns a consumer of the COPY blocks (or None): each block
+    sent to raw is also handed to its `feed`, so the file is typed in the same pass (staging while
+    landing); it is returned in the result, or abandoned if the landing fails."""
     file_id = record.file_id
     spec = get_spec(record.extract)
     with tempfile.TemporaryFile(prefix="indici-") as spool:
@@ -124,16 +139,25 @@ def land_version(conn: psycopg.Connection, s3_client, record: ledger.FileRecord,
         chunks = iter(lambda: spool.read(settings.s3_read_chunk_bytes), b"")
         reader = IndiciReader(chunks, spec.field_count)
         prefix = lineage_prefix(record, file_hash, landed_at)
-        with conn.cursor() as cur:
-            # A writer thread sends each block while the reader decodes the next one.
-            with cur.copy(copy_statement(spec), writer=BoundedQueuedWriter(cur)) as copy:
-                for block in reader.copy_bytes(prefix):
-                    copy.write(block)
-            rows_raw = cur.rowcount
-        if reader.sha256 != file_hash or reader.bytes_read != size:
-            raise OSError("the spooled copy of the object changed while it was read")
-        if rows_raw != reader.rows_read:
-            raise RuntimeError(f"COPY stored {rows_raw} rows but the file has {reader.rows_read}")
+        typer = tee(dataclasses.replace(record, file_hash=file_hash)) if tee is not None else None
+        try:
+            with conn.cursor() as cur:
+                # A writer thread sends each block while the reader decodes the next one (and the tee
+                # types the blocks gathered so far).
+                with cur.copy(copy_statement(spec), writer=BoundedQueuedWriter(cur)) as copy:
+                    for block in reader.copy_bytes(prefix):
+                        copy.write(block)
+                        if typer is not None:
+                            typer.feed(block)
+                rows_raw = cur.rowcount
+            if reader.sha256 != file_hash or reader.bytes_read != size:
+                raise OSError("the spooled copy of the object changed while it was read")
+            if rows_raw != reader.rows_read:
+                raise RuntimeError(f"COPY stored {rows_raw} rows but the file has {reader.rows_read}")
+        except BaseException as exc:
+            if typer is not None:
+                typer.abandon(exc)
+            raise
         return LandResult(file_id, "landed", rows=rows_raw, encoding=f"{reader.encoding}{'+bom' if reader.bom else ''}",
                           spool_seconds=spooled - started, copy_seconds=time.perf_counter() - spooled,
-                          file_hash=file_hash, rows_read=reader.rows_read, landed_at=landed_at)
+                          file_hash=file_hash, rows_read=reader.rows_read, landed_at=landed_at, tee=typer)

@@ -3,7 +3,8 @@ state through worker/pipeline/ledger.py, which only this module calls).
 
     open_run      -> a `running` run (or the live run of the same selection or request key: joined)
     plan_run      -> discovery + ledger, once per run (a second call returns the run's open files)
-    process_file  -> land_file then stage_file, each under `run_file_step`'s one failure rule
+    process_file  -> land_file (which stages the file in the same pass and transaction, when it can) then
+                     stage_file (for a file left landed), each under `run_file_step`'s one failure rule
     merge         -> stg -> core for the run's staged files (a failure is recorded on the run)
     close_run     -> status from the files and the run's error, summary, etl.health, anomalies,
                      notification; once (a second call returns the stored outcome)
@@ -54,7 +55,7 @@ from worker.pipeline import anomalies, discovery, ledger, notify, relaxed
 from worker.pipeline import merge as merge_step
 from worker.pipeline.identity import ConfigurationError
 from worker.pipeline.land import LandResult, land_version
-from worker.pipeline.stage import StageResult, stage_version
+from worker.pipeline.stage import StageResult, stage_version, staging_tee
 from worker.pipeline.states import (
     DONE_FILE_STATES,
     FILE_TRANSITIONS,
@@ -66,6 +67,7 @@ from worker.pipeline.states import (
     check_file_transition,
     check_run_transition,
 )
+from worker.pipeline.typing_engine import StagingTee
 from worker.settings import Settings
 
 __all__ = [
@@ -324,10 +326,14 @@ def _landable(record: ledger.FileRecord) -> bool:
     return record.status == FileStatus.PENDING or record.retryable
 
 
-def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: Settings) -> LandResult:
+def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: Settings, *,
+              stage: bool | None = None) -> LandResult:
     """Land one file version: lease (committed), then lock, re-read, land_version and the new state in
-    one transaction. A format error is recorded (failed, not retryable) and returned; anything else
-    propagates (see run_file_step)."""
+    one transaction. With `stage` (default: STAGE_WHILE_LANDING) the file is typed in the same pass and
+    staged in the same transaction (pending -> landed -> staged, one commit); if that part fails it is
+    rolled back to its savepoint and the file is committed landed, for the stage step. A format error
+    is recorded (failed, not retryable) and returned; anything else propagates (see run_file_step)."""
+    stage = settings.stage_while_landing if stage is None else stage
     _boundary(conn)
     with _transaction(conn):
         record = ledger.get(conn, file_id)
@@ -337,13 +343,15 @@ def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: 
         ledger.take_lease(conn, file_id, settings.file_lease_seconds, _holder("land"))
         _renew_run_lease(conn, record.load_run_id, settings)
     with bound(load_run_id=record.load_run_id, s3_key=record.s3_key, file_id=file_id):
+        staged: StageResult | None = None
         try:
             with _transaction(conn):
                 ledger.lock(conn, LockSpace.LAND, file_id, timeout=settings.lock_timeout_seconds)
                 record = ledger.get(conn, file_id, for_update=True)
                 if not _landable(record):
                     return LandResult(file_id, "already")
-                result = land_version(conn, s3_client, record, settings)
+                tee = (lambda hashed: staging_tee(conn, hashed)) if stage else None
+                result = land_version(conn, s3_client, record, settings, tee=tee)
                 if result.status == FileStatus.DUPLICATE:
                     assert result.duplicate_of is not None and result.file_hash is not None
                     ledger.mark_duplicate(conn, file_id, duplicate_of=result.duplicate_of, file_hash=result.file_hash)
@@ -352,6 +360,8 @@ def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: 
                     assert result.landed_at is not None
                     ledger.mark_landed(conn, file_id, file_hash=result.file_hash, encoding=result.encoding,
                                        rows_read=result.rows_read, rows_raw=result.rows, landed_at=result.landed_at)
+                    if result.tee is not None:
+                        staged = _stage_in_pass(conn, file_id, result.tee)
         except IndiciFormatError as exc:
             detail = {"stage": "land", "kind": exc.kind, "row_number": exc.row_number, "expected": exc.expected,
                       "found": exc.found, "byte_offset": exc.byte_offset}
@@ -361,7 +371,45 @@ def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: 
             return LandResult(file_id, "failed", error=exc.detail)
         log.info("file landed" if result.status == "landed" else f"file {result.status}", rows=result.rows,
                  encoding=result.encoding, spool_seconds=result.spool_seconds, copy_seconds=result.copy_seconds)
+        if staged is not None:
+            _log_staged(staged, in_pass=True)
         return result
+
+
+def _stage_in_pass(conn: psycopg.Connection, file_id: int, tee: StagingTee) -> StageResult | None:
+    """The file's typed rows (typed while it landed) into stg, and its new state, inside a savepoint of
+    the landing's transaction. None when that is not possible (typing stopped, a repeated natural key,
+    an error): the savepoint is rolled back and the file stays landed, for the stage step."""
+    record = ledger.get(conn, file_id)
+    if not tee.usable:
+        log.warning("typing during the landing stopped; the stage step stages the file from raw",
+                    error=type(tee.error).__name__ if tee.error else None)
+        return None
+    try:
+        with conn.transaction():
+            result, error = stage_version(conn, record, typed=tee)
+            ledger.mark_staged(conn, file_id, staged=result.staged, rejected=result.rejected + result.superseded,
+                               superseded=result.superseded, error=f"{record.s3_key}: {error}" if error else None)
+    except Exception as exc:
+        if conn.closed or conn.broken:
+            raise
+        repeated = isinstance(exc, psycopg.errors.UniqueViolation)
+        (log.info if repeated else log.warning)(
+            "the file repeats a natural key; the stage step stages it from raw" if repeated
+            else "staging in the landing's pass failed; the stage step stages the file from raw",
+            error=type(exc).__name__)
+        return None
+    if error:
+        return StageResult(file_id, "failed", result.staged, result.rejected, result.superseded, error)
+    return result
+
+
+def _log_staged(result: StageResult, *, in_pass: bool = False) -> None:
+    if result.status == "failed":
+        log.error("file failed its data-quality thresholds", error=result.error, in_pass=in_pass)
+    else:
+        log.info("file staged", staged=result.staged, rejected=result.rejected, superseded=result.superseded,
+                 in_pass=in_pass)
 
 
 def stage_file(conn: psycopg.Connection, file_id: int, settings: Settings | None = None) -> StageResult:
@@ -388,9 +436,8 @@ def stage_file(conn: psycopg.Connection, file_id: int, settings: Settings | None
             ledger.mark_staged(conn, file_id, staged=result.staged, rejected=result.rejected + result.superseded,
                                superseded=result.superseded, error=f"{record.s3_key}: {error}" if error else None)
         if error:
-            log.error("file failed its data-quality thresholds", error=error)
-            return StageResult(file_id, "failed", result.staged, result.rejected, result.superseded, error)
-        log.info("file staged", staged=result.staged, rejected=result.rejected, superseded=result.superseded)
+            result = StageResult(file_id, "failed", result.staged, result.rejected, result.superseded, error)
+        _log_staged(result)
         return result
 
 

@@ -21,7 +21,7 @@ from contracts.registry import get as get_spec
 from contracts.sql.staging import StagingSql, staging_sql
 from worker.log import get_logger
 from worker.pipeline import dq, ledger
-from worker.pipeline.typing_engine import UnsupportedContract, stage_rows
+from worker.pipeline.typing_engine import StagingTee, UnsupportedContract, stage_rows
 
 log = get_logger(__name__)
 
@@ -53,12 +53,26 @@ def stage_file(conn: psycopg.Connection, file_id: int) -> StageResult:
     return lifecycle.stage_file(conn, file_id)
 
 
-def stage_version(conn: psycopg.Connection, record: ledger.FileRecord) -> tuple[StageResult, str | None]:
+def staging_tee(conn: psycopg.Connection, record: ledger.FileRecord) -> StagingTee | None:
+    """The typing of a file in the pass that lands it (land.land_version's `tee`); None for a contract
+    the typing engine does not support (the stage step stages it with the SQL statements)."""
+    from worker.pipeline.land import copy_columns
+
+    spec = get_spec(record.extract)
+    try:
+        return StagingTee(conn, spec, record, copy_columns(spec))
+    except UnsupportedContract:
+        return None
+
+
+def stage_version(conn: psycopg.Connection, record: ledger.FileRecord,
+                  typed: StagingTee | None = None) -> tuple[StageResult, str | None]:
     """raw -> stg + rejects and the data-quality results for a landed file, in the caller's
     transaction (worker/pipeline/lifecycle.py holds the file's lock and records the state); returns the
-    counts and the data-quality error that fails the file, if any. No commit, no state write."""
+    counts and the data-quality error that fails the file, if any. No commit, no state write. `typed`:
+    the file was typed while it landed (staging_tee); its rows are loaded instead of read from raw."""
     spec = get_spec(record.extract)
-    result, outcome = _stage(conn, spec, record)
+    result, outcome = _stage(conn, spec, record, typed)
     error = None
     if outcome.failures:
         error = "; ".join(
@@ -69,11 +83,12 @@ def stage_version(conn: psycopg.Connection, record: ledger.FileRecord) -> tuple[
     return result, error
 
 
-def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecord) -> tuple[StageResult, dq.DqOutcome]:
+def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecord,
+           typed: StagingTee | None) -> tuple[StageResult, dq.DqOutcome]:
     """Stage one landed file's rows (inside the caller's transaction; no ledger writes) and compute its
     data-quality outcome. Raises ReconciliationError when a row would be lost or doubled."""
     try:
-        engine = stage_rows(conn, spec, record)
+        engine = typed.load(conn) if typed is not None else stage_rows(conn, spec, record)
     except UnsupportedContract:
         return _stage_sql(conn, spec, record)
     staged, rejected, superseded = engine.staged, engine.rejected, engine.superseded

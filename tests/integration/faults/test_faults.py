@@ -211,7 +211,8 @@ def test_worker_killed_just_after_a_landing_committed(faults):
     try:
         run_id = _enqueue(faults)
         landed = _until(lambda: bool(_query(
-            faults, "SELECT 1 FROM etl.load_run_files WHERE load_run_id = %s AND status = 'landed'", (run_id,))),
+            faults, "SELECT 1 FROM etl.load_run_files WHERE load_run_id = %s AND status IN ('landed', 'staged')",
+            (run_id,))),
             timeout=60, poll=0.002)
         assert landed, "no file landed"
         _stop(worker, kill=True)

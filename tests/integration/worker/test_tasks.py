@@ -64,7 +64,9 @@ def test_an_unexpected_error_is_recorded_at_once(planned, monkeypatch):
         raise RuntimeError("COPY stored 1 rows but the file has 2")
 
     monkeypatch.setattr(lifecycle, "stage_version", bug)
+    # The land task's staging in the same pass fails too: the file is committed landed, for the stage task.
     assert tasks.land_file.apply(args=(run_id, file_id)).get()["status"] == "landed"
+    calls.clear()
     assert tasks.stage_file.apply(args=(run_id, file_id)).get() == {"file_id": file_id, "status": "failed"}
     assert len(calls) == 1  # not an infrastructure error: no retry
     with connect(settings) as conn:

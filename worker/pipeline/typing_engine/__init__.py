@@ -5,13 +5,14 @@
 - engine.py: a block of rows -> kept typed rows with nullify errors, rejects with every failing column,
   and dq counts.
 - stage.py: one landed file from raw.<t> through the engine into stg.<t> / etl.rejects_<t> by binary COPY,
-  with the duplicate-key rule over the whole file.
+  with the duplicate-key rule over the whole file; or (StagingTee) typed from raw landing's own COPY
+  blocks in the pass that lands the file, and loaded into stg after raw.
 
 The rules are those of contracts/sql/staging.py; their equivalence is a property test
 (tests/integration/worker/pipeline/typing_engine/test_equivalence.py).
 """
 
 from worker.pipeline.typing_engine.engine import DqCounts, TypingEngine, UnsupportedContract
-from worker.pipeline.typing_engine.stage import EngineResult, stage_rows
+from worker.pipeline.typing_engine.stage import EngineResult, StagingTee, stage_rows
 
-__all__ = ["DqCounts", "EngineResult", "TypingEngine", "UnsupportedContract", "stage_rows"]
+__all__ = ["DqCounts", "EngineResult", "StagingTee", "TypingEngine", "UnsupportedContract", "stage_rows"]

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 import numpy as np
 import pgpq
@@ -245,6 +245,8 @@ def _encoder(schema: pa.Schema, jsonb: tuple[str, ...]) -> pgpq.ArrowToPostgresB
 class _Lineage:
     """The constant lineage columns of the file's stg rows."""
 
+    CONSTANT = ("s3_version_id", "file_hash", "date_extracted", "date_to", "load_run_id")
+
     def __init__(self, record, engine: TypingEngine) -> None:
         self.values = [
             ("s3_version_id", pa.scalar(record.s3_version_id, pa.string())),
@@ -257,6 +259,11 @@ class _Lineage:
         fields = [pa.field("load_file_id", pa.int64())] + list(engine.stg_schema)
         fields += [pa.field(name, value.type) for name, value in self.values]
         self.schema = pa.schema(fields)
+
+    @staticmethod
+    def names(spec: ExtractSpec) -> list[str]:
+        """The stg columns a pass writes, in its COPY's order."""
+        return ["load_file_id", ROW_NUMBER, *spec.column_names, "field_errors", *_Lineage.CONSTANT]
 
     def stg_batch(self, kept: pa.Table) -> pa.RecordBatch:
         n = kept.num_rows
@@ -292,13 +299,17 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
 
     expected = getattr(record, "rows_raw", None)
     with tempfile.TemporaryFile(prefix="indici-stage-") as spool:
+
+        def spooled() -> Iterator[pa.Table]:
+            return _batches(_spool_chunks(spool, READ_BYTES), columns)
+
         try:
             if isinstance(expected, int) and expected > 0:
                 # The landing committed and counted the raw rows: read them on a second connection.
                 stream = _RawStream(conn, _raw_statement(spec, record.file_id, columns), spool)
                 try:
                     with conn.transaction():
-                        result = _pass(conn, spec, record, engine, stream.chunks(), None, lap)
+                        result = _pass(conn, spec, record, engine, _batches(stream.chunks(), columns), None, lap)
                         if stream.rows != expected:
                             raise _NotAllVisible(stream.rows)
                 finally:
@@ -309,7 +320,7 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                 _spool_raw(conn, spec, record.file_id, columns, spool)
                 lap("spool")
                 with conn.transaction():
-                    result = _pass(conn, spec, record, engine, _spool_chunks(spool, READ_BYTES), None, lap)
+                    result = _pass(conn, spec, record, engine, spooled(), None, lap)
         except _NotAllVisible:
             # Not every raw row was visible to the second connection: this transaction wrote them. The
             # savepoint is rolled back; stage from this connection's own view.
@@ -319,11 +330,11 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
             _spool_raw(conn, spec, record.file_id, columns, spool)
             try:
                 with conn.transaction():
-                    result = _pass(conn, spec, record, engine, _spool_chunks(spool, READ_BYTES), None, lap)
+                    result = _pass(conn, spec, record, engine, spooled(), None, lap)
             except psycopg.errors.UniqueViolation:
-                result = _second_pass(conn, spec, record, engine, spool, lap)
+                result = _second_pass(conn, spec, record, engine, spooled, lap)
         except psycopg.errors.UniqueViolation:
-            result = _second_pass(conn, spec, record, engine, spool, lap)
+            result = _second_pass(conn, spec, record, engine, spooled, lap)
     result.seconds = seconds
     return result
 
@@ -332,14 +343,14 @@ class _NotAllVisible(Exception):
     """The second connection read fewer (or more) raw rows than the ledger counted."""
 
 
-def _second_pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, spool: IO[bytes],
-                 lap) -> EngineResult:
+def _second_pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine,
+                 batches: Callable[[], Iterable[pa.Table]], lap) -> EngineResult:
     """The file repeats a natural key: find the repeated keys, then type the spool again holding their
     rows back for the duplicate-key rule."""
     lap("duplicates_found")
     repeated = _repeated_keys(conn, spec, record, engine)
     lap("keys")
-    return _pass(conn, spec, record, engine, _spool_chunks(spool, READ_BYTES), repeated, lap)
+    return _pass(conn, spec, record, engine, batches(), repeated, lap)
 
 
 def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine) -> np.ndarray:
@@ -357,120 +368,168 @@ def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: 
     return unique[repeats > 1]
 
 
-def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, chunks: Iterable[bytes],
+def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, batches: Iterable[pa.Table],
           repeated: np.ndarray | None, lap) -> EngineResult:
-    """One pass over the spooled raw rows: typed rows into stg (binary COPY), rejects after. Kept rows
-    whose key hash is in `repeated` are held back and resolved by the duplicate-key rule at the end."""
-    counts = DqCounts()
-    lineage = _Lineage(record, engine)
+    """One pass over the raw rows (tables of row_number and the fields as text): typed rows into stg by
+    a binary COPY that Postgres runs while the next block is typed, rejects after. Kept rows whose key
+    hash is in `repeated` are held back and resolved by the duplicate-key rule at the end."""
+    target = _prepare_target(conn, spec)
+    with conn.cursor() as cur:
+        with _copy_into(cur, target.table, target.columns) as copy:
+            rows = _TypedRows(spec, record, engine, repeated, copy.write)
+            try:
+                for batch in batches:
+                    rows.feed(batch)
+                rows.end()
+            except BaseException:
+                rows.close()
+                raise
+            lap("typing")
+        lap("copy_wait")
+        return _complete(cur, spec, target, rows, lap)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a pass's binary COPY goes: stg.<t>, or a temp table with numeric columns as text (pgpq cannot
+    encode Postgres numeric; the INSERT casts them)."""
+
+    table: sql.Identifier
+    columns: list[str]
+    numeric: list[str]
+
+
+def _prepare_target(conn: psycopg.Connection, spec: ExtractSpec) -> _Target:
     stg = sql.Identifier(naming.STG, naming.stg_table(spec))
     numeric = [c.column for c in spec.columns if c.type is ContractType.NUMERIC]
-    columns = [ROW_NUMBER, *spec.column_names]
-    rejects_schema = pa.schema(
-        [pa.field("load_file_id", pa.int64()), pa.field(ROW_NUMBER, pa.int64()), pa.field("load_run_id", pa.int64()),
-         pa.field("row_text", pa.string()), pa.field("field_errors", pa.string())]
-    )
-    reject_encoder = _encoder(rejects_schema, ("field_errors",))
-    stg_encoder = _encoder(lineage.schema, ("field_errors",))
-    staged = rejected = superseded = 0
-    held: list[tuple[pa.Table, pa.Array, list]] = []
+    columns = _Lineage.names(spec)
+    if not numeric:
+        return _Target(stg, columns, numeric)
+    conn.execute(sql.SQL("CREATE TEMP TABLE stg_engine_load (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(stg))
+    for name in numeric:
+        conn.execute(sql.SQL("ALTER TABLE stg_engine_load ALTER COLUMN {} TYPE text").format(sql.Identifier(name)))
+    return _Target(sql.Identifier("stg_engine_load"), columns, numeric)
 
-    def count_kept(block_kept: pa.Table, violations: list, keep_mask: np.ndarray | None) -> None:
-        for name in spec.column_names:
-            counts.stg_nulls[name] += block_kept.column(name).null_count
+
+def _complete(cur: psycopg.Cursor, spec: ExtractSpec, target: _Target, rows: "_TypedRows", lap) -> EngineResult:
+    """After the stg COPY: the numeric columns' cast into stg, then the rejects' COPY."""
+    try:
+        if target.numeric:
+            stg = sql.Identifier(naming.STG, naming.stg_table(spec))
+            names = sql.SQL(", ").join(sql.Identifier(c) for c in target.columns)
+            values = sql.SQL(", ").join(
+                sql.SQL("{}::numeric").format(sql.Identifier(c)) if c in target.numeric else sql.Identifier(c)
+                for c in target.columns
+            )
+            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM stg_engine_load").format(stg, names, values))
+            cur.execute("DROP TABLE stg_engine_load")
+        if rows.rejected or rows.superseded:
+            rejects = sql.Identifier(naming.ETL, naming.rejects_table(spec))
+            with _copy_into(cur, rejects, REJECTS_SCHEMA.names) as copy:
+                rows.rejects_spool.seek(0)
+                while data := rows.rejects_spool.read(8 << 20):
+                    copy.write(data)
+        lap("rejects")
+    finally:
+        rows.close()
+    return EngineResult(staged=rows.staged, rejected=rows.rejected, superseded=rows.superseded, counts=rows.counts)
+
+
+REJECTS_SCHEMA = pa.schema(
+    [pa.field("load_file_id", pa.int64()), pa.field(ROW_NUMBER, pa.int64()), pa.field("load_run_id", pa.int64()),
+     pa.field("row_text", pa.string()), pa.field("field_errors", pa.string())]
+)
+
+
+class _TypedRows:
+    """The typing of one pass, block by block: kept rows encoded for stg's binary COPY and handed to
+    `write_stg` (a live COPY, or a spool), rejects encoded into a spool, the dq counts. Kept rows whose
+    key hash is in `repeated` are held back until `end`, which applies the duplicate-key rule to them."""
+
+    def __init__(self, spec: ExtractSpec, record, engine: TypingEngine, repeated: np.ndarray | None,
+                 write_stg) -> None:
+        self.spec, self.engine, self.repeated, self.write_stg = spec, engine, repeated, write_stg
+        self.counts = DqCounts()
+        self.lineage = _Lineage(record, engine)
+        self.run_id = pa.scalar(record.load_run_id, pa.int64())
+        self.reject_encoder = _encoder(REJECTS_SCHEMA, ("field_errors",))
+        self.stg_encoder = _encoder(self.lineage.schema, ("field_errors",))
+        self.staged = self.rejected = self.superseded = 0
+        self.held: list[tuple[pa.Table, pa.Array, list]] = []
+        self.rejects_spool = tempfile.TemporaryFile(prefix="indici-rejects-")
+        self.rejects_spool.write(self.reject_encoder.write_header())
+        self.write_stg(self.stg_encoder.write_header())
+
+    def _count_kept(self, block_kept: pa.Table, violations: list, keep_mask: np.ndarray | None) -> None:
+        for name in self.spec.column_names:
+            self.counts.stg_nulls[name] += block_kept.column(name).null_count
         for nullified, key in violations:
             n = int((nullified if keep_mask is None else nullified[keep_mask]).sum())
             if n:
-                counts.rule_violations[key] += n
+                self.counts.rule_violations[key] += n
 
-    with tempfile.TemporaryFile(prefix="indici-rejects-") as rejects_spool:
-        rejects_spool.write(reject_encoder.write_header())
-
-        def write_rejects(table: pa.Table) -> int:
-            n = table.num_rows
-            if n:
-                batch = pa.RecordBatch.from_arrays(
-                    [pa.repeat(lineage.file_id, n), table.column(ROW_NUMBER).combine_chunks(),
-                     pa.repeat(pa.scalar(record.load_run_id, pa.int64()), n),
-                     table.column("row_text").combine_chunks(), table.column("field_errors").combine_chunks()],
-                    schema=rejects_schema,
-                )
-                rejects_spool.write(reject_encoder.write_batch(batch))
-            return n
-
-        if numeric:
-            target = sql.Identifier("stg_engine_load")
-            conn.execute(
-                sql.SQL("CREATE TEMP TABLE stg_engine_load (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(stg)
+    def _write_rejects(self, table: pa.Table) -> int:
+        n = table.num_rows
+        if n:
+            batch = pa.RecordBatch.from_arrays(
+                [pa.repeat(self.lineage.file_id, n), table.column(ROW_NUMBER).combine_chunks(),
+                 pa.repeat(self.run_id, n), table.column("row_text").combine_chunks(),
+                 table.column("field_errors").combine_chunks()],
+                schema=REJECTS_SCHEMA,
             )
-            for name in numeric:
-                conn.execute(
-                    sql.SQL("ALTER TABLE stg_engine_load ALTER COLUMN {} TYPE text").format(sql.Identifier(name))
-                )
-        else:
-            target = stg
+            self.rejects_spool.write(self.reject_encoder.write_batch(batch))
+        return n
 
-        with conn.cursor() as cur:
-            with _copy_into(cur, target, lineage.schema.names) as copy:
-                copy.write(stg_encoder.write_header())
-                for batch in _batches(chunks, columns):
-                    block: TypedBlock = engine.type_block(batch, counts)
-                    rejected += write_rejects(block.rejects)
-                    kept = block.kept
-                    hold = np.zeros(kept.num_rows, dtype=bool)
-                    if repeated is not None and len(repeated) and kept.num_rows:
-                        key_columns = [kept.column(k).combine_chunks() for k in spec.natural_key]
-                        hold = np.isin(engine.key_hashes(key_columns), repeated)
-                    if hold.any():
-                        keep_idx = np.flatnonzero(block.keep)
-                        held_idx = pa.array(keep_idx[hold])
-                        texts = pc.binary_join_element_wise(
-                            *[pc.take(batch.column(c), held_idx).combine_chunks() for c in spec.column_names],
-                            ROW_TEXT_SEPARATOR,
-                        )
-                        held.append((kept.filter(pa.array(hold, pa.bool_())), texts,
-                                     [(v[hold], key) for v, key in block.kept_violations]))
-                        free = ~hold
-                        kept = kept.filter(pa.array(free, pa.bool_()))
-                        count_kept(kept, block.kept_violations, free)
-                    else:
-                        count_kept(kept, block.kept_violations, None)
-                    if kept.num_rows:
-                        copy.write(stg_encoder.write_batch(lineage.stg_batch(kept)))
-                        staged += kept.num_rows
-                    del batch, block, kept  # before the next block is read: one block in memory
-                if held:
-                    survivors, superseded_rows = _resolve(spec, held)
-                    for table, violations in survivors:
-                        if table.num_rows:
-                            count_kept(table, violations, None)
-                            copy.write(stg_encoder.write_batch(lineage.stg_batch(table)))
-                            staged += table.num_rows
-                    if superseded_rows.num_rows:
-                        write_rejects(superseded_rows)
-                        superseded = superseded_rows.num_rows
-                        counts.rule_violations[(None, "duplicate_key", "reject")] += superseded
-                copy.write(stg_encoder.finish())
-                lap("typing")
-            lap("copy_wait")
-            if numeric:
-                names = sql.SQL(", ").join(sql.Identifier(c) for c in lineage.schema.names)
-                values = sql.SQL(", ").join(
-                    sql.SQL("{}::numeric").format(sql.Identifier(c)) if c in numeric else sql.Identifier(c)
-                    for c in lineage.schema.names
-                )
-                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM stg_engine_load").format(stg, names, values))
-                cur.execute("DROP TABLE stg_engine_load")
-            rejects_spool.write(reject_encoder.finish())
-            rejects_spool.flush()
-            rejects_spool.seek(0)
-            if rejected or superseded:
-                rejects = sql.Identifier(naming.ETL, naming.rejects_table(spec))
-                with _copy_into(cur, rejects, rejects_schema.names) as copy:
-                    while data := rejects_spool.read(8 << 20):
-                        copy.write(data)
-            lap("rejects")
-    return EngineResult(staged=staged, rejected=rejected, superseded=superseded, counts=counts)
+    def _write_kept(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.write_stg(self.stg_encoder.write_batch(self.lineage.stg_batch(table)))
+            self.staged += table.num_rows
+
+    def feed(self, batch: pa.Table) -> None:
+        """Type one block of raw rows (row_number and the fields, as strings)."""
+        spec, engine = self.spec, self.engine
+        block: TypedBlock = engine.type_block(batch, self.counts)
+        self.rejected += self._write_rejects(block.rejects)
+        kept = block.kept
+        hold = np.zeros(kept.num_rows, dtype=bool)
+        if self.repeated is not None and len(self.repeated) and kept.num_rows:
+            key_columns = [kept.column(k).combine_chunks() for k in spec.natural_key]
+            hold = np.isin(engine.key_hashes(key_columns), self.repeated)
+        if hold.any():
+            keep_idx = np.flatnonzero(block.keep)
+            held_idx = pa.array(keep_idx[hold])
+            texts = pc.binary_join_element_wise(
+                *[pc.take(batch.column(c), held_idx).combine_chunks() for c in spec.column_names],
+                ROW_TEXT_SEPARATOR,
+            )
+            self.held.append((kept.filter(pa.array(hold, pa.bool_())), texts,
+                              [(v[hold], key) for v, key in block.kept_violations]))
+            free = ~hold
+            kept = kept.filter(pa.array(free, pa.bool_()))
+            self._count_kept(kept, block.kept_violations, free)
+        else:
+            self._count_kept(kept, block.kept_violations, None)
+        self._write_kept(kept)
+
+    def end(self) -> None:
+        """The held-back rows through the duplicate-key rule, then the end of both encodings."""
+        if self.held:
+            survivors, superseded_rows = _resolve(self.spec, self.held)
+            for table, violations in survivors:
+                if table.num_rows:
+                    self._count_kept(table, violations, None)
+                    self._write_kept(table)
+            if superseded_rows.num_rows:
+                self._write_rejects(superseded_rows)
+                self.superseded = superseded_rows.num_rows
+                self.counts.rule_violations[(None, "duplicate_key", "reject")] += self.superseded
+            self.held = []
+        self.write_stg(self.stg_encoder.finish())
+        self.rejects_spool.write(self.reject_encoder.finish())
+        self.rejects_spool.flush()
+
+    def close(self) -> None:
+        self.rejects_spool.close()
 
 
 def _resolve(spec: ExtractSpec, held: list[tuple[pa.Table, pa.Array, list]]):
@@ -507,3 +566,121 @@ def _resolve(spec: ExtractSpec, held: list[tuple[pa.Table, pa.Array, list]]):
     )
     superseded = pa.table({ROW_NUMBER: gone_rows, "row_text": pc.filter(texts, gone), "field_errors": errors})
     return [(survivors, violations)], superseded
+
+
+# -- staging while landing ---------------------------------------------------------------------------
+_ESCAPE_PLACEHOLDER = "\x00"  # never in a field: the Indici reader refuses a file holding NUL
+
+
+def _unescape_copy_text(values: pa.Array) -> pa.Array:
+    """COPY text-format escapes (`\\\\`, `\\t`, `\\n`, `\\r`: all that escape_copy_text writes) back to the
+    characters. `\\\\` is replaced first, by a character no field holds, so `\\\\t` stays a backslash and a t."""
+    out = pc.replace_substring(values, "\\\\", _ESCAPE_PLACEHOLDER)
+    for escaped, char in (("\\t", "\t"), ("\\n", "\n"), ("\\r", "\r")):
+        out = pc.replace_substring(out, escaped, char)
+    return pc.replace_substring(out, _ESCAPE_PLACEHOLDER, "\\")
+
+
+def copy_text_batch(data: bytes, line_columns: list[str], spec: ExtractSpec) -> pa.Table:
+    """Complete COPY text lines (as raw landing sends them: the lineage columns, row_number, the fields)
+    as the table the engine types: row_number and the fields, exactly the text raw stores. COPY text has
+    no quoting and no raw tab or LF inside a value, so Arrow splits it on tabs and lines with quoting
+    off; values holding an escape (rare) are unescaped."""
+    fields = spec.column_names
+    types = {c: pa.string() for c in fields}
+    types[ROW_NUMBER] = pa.int64()
+    table = pacsv.read_csv(
+        pa.py_buffer(data),
+        read_options=pacsv.ReadOptions(column_names=line_columns, block_size=CSV_BLOCK_BYTES, use_threads=False),
+        parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
+                                         newlines_in_values=False, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(column_types=types, include_columns=[ROW_NUMBER, *fields],
+                                             strings_can_be_null=False, check_utf8=False),
+    )
+    escaped = b"\\" in data  # one scan of the block (a C memchr); a field holding an escape is rare
+    columns = []
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if escaped and name != ROW_NUMBER and pc.any(pc.match_substring(column, "\\")).as_py():
+            column = _unescape_copy_text(column)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _copy_text_batches(spool: IO[bytes], line_columns: list[str], spec: ExtractSpec,
+                       read_bytes: int = READ_BYTES) -> Iterator[pa.Table]:
+    """The spooled COPY text lines as tables of about `read_bytes` (cut after a line: in COPY text an LF
+    always ends a line)."""
+    spool.seek(0)
+    carry = b""
+    while data := spool.read(read_bytes):
+        data = carry + data
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            yield copy_text_batch(data[:cut], line_columns, spec)
+    if carry:
+        raise ValueError("the landing's spool ends inside a line")
+
+
+class StagingTee:
+    """Stage a file in the pass that lands it, without reading raw back: the landing hands over each
+    block of COPY text it sends to raw (`feed`, kept in a local spool), and once raw is written `load`
+    types the spooled lines into stg and the rejects table on the same connection and transaction, as
+    stage_rows would from raw (a typed block goes into stg's COPY while the next one is typed; a repeated
+    natural key takes the second pass). Loading the typed rows only after raw keeps both of Postgres'
+    COPYs overlapped with Python's work: decoding with the raw COPY, typing with the stg COPY."""
+
+    def __init__(self, conn: psycopg.Connection, spec: ExtractSpec, record, line_columns: list[str]) -> None:
+        self.spec, self.record, self.line_columns = spec, record, line_columns
+        self.engine = TypingEngine(spec, mapped_domains(conn, spec))  # UnsupportedContract: no tee
+        self.error: BaseException | None = None
+        self._spool: IO[bytes] | None = tempfile.TemporaryFile(prefix="indici-land-")
+
+    def feed(self, block: bytes) -> None:
+        """One block of complete COPY lines, as raw landing sent it."""
+        if self._spool is None:
+            return
+        try:
+            self._spool.write(block)
+        except OSError as exc:  # a full disk: the landing goes on, the stage step reads raw
+            self.abandon(exc)
+
+    def abandon(self, exc: BaseException) -> None:
+        """Stop (the file is then staged from raw); frees the spool."""
+        self.error = self.error or exc
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    @property
+    def usable(self) -> bool:
+        return self._spool is not None
+
+    def load(self, conn: psycopg.Connection) -> EngineResult:
+        """Type the spooled lines into stg and etl.rejects_<t> (the caller's transaction, after raw's COPY)."""
+        if self._spool is None:
+            raise RuntimeError(f"the landing's spool was lost: {self.error!r}")
+        spool = self._spool
+        spool.flush()
+        seconds: dict[str, float] = {}
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            now = time.perf_counter()
+            seconds[name] = seconds.get(name, 0.0) + now - clock[0]
+            clock[0] = now
+
+        def batches() -> Iterator[pa.Table]:
+            return _copy_text_batches(spool, self.line_columns, self.spec)
+
+        try:
+            try:
+                with conn.transaction():
+                    result = _pass(conn, self.spec, self.record, self.engine, batches(), None, lap)
+            except psycopg.errors.UniqueViolation:
+                result = _second_pass(conn, self.spec, self.record, self.engine, batches, lap)
+        finally:
+            self.abandon(RuntimeError("loaded"))
+        result.seconds = seconds
+        return result

@@ -34,7 +34,7 @@ def landed(pipeline_settings):
     with connect(s) as conn:
         plan = plan_run(conn, make_client(s), s, Selection())
         (file_id,) = plan.file_ids
-        assert lifecycle.land_file(conn, make_client(s), file_id, s).status == "landed"
+        assert lifecycle.land_file(conn, make_client(s), file_id, s, stage=False).status == "landed"
         conn.commit()
         record = ledger.get(conn, file_id)
         conn.commit()
