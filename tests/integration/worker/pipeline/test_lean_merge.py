@@ -227,3 +227,32 @@ def test_calendar_bounds_are_the_nz_dates_of_the_first_and_last_plausible_instan
         ("1900-01-02", "2099-12-31", (date(2099, 12, 31) - date(1900, 1, 2)).days + 1)]
     assert q(s, "SELECT appointment_id, date_key FROM core.fact_appointment ORDER BY 1") == [
         (10, 19000102), (11, 20991231)]
+
+
+def test_an_inferred_member_names_the_earliest_row_that_referenced_it(pipeline_settings):
+    """Inferred members (contracts/sql/merge.py, inferred_statements): reduced to one row per key and file
+    before the earliest-first sort, they must still name the first file (DateExtracted) and, within it,
+    the first row that referenced the key."""
+    s = pipeline_settings
+    put_rows(s, "Appointments", [appointment(10, 1, T1), appointment(11, 77, T1), appointment(12, 78, T1),
+                                 appointment(13, 77, T1)], T2)
+    put_rows(s, "Appointments", [appointment(20, 78, T1), appointment(21, 77, T1)], T1)
+    run_id = _stage_only(s, T1.date(), T2.date())
+    with connect(s) as conn:
+        merge_run(conn, run_id, s)
+    files = dict(q(s, "SELECT date_extracted::text, file_id FROM etl.load_run_files WHERE extract = 'Appointments'"))
+    assert q(s, "SELECT p.patient_id, p.load_file_id, p.row_number, p.date_extracted::text, p.file_hash = f.file_hash, "
+                "p.s3_version_id = f.s3_version_id FROM core.dim_patient p JOIN etl.load_run_files f "
+                "ON f.file_id = p.load_file_id WHERE p.is_inferred ORDER BY p.patient_id") == [
+        (1, files[utc(T2)], 1, utc(T2), True, True),  # only in the later file
+        (77, files[utc(T1)], 2, utc(T1), True, True),  # rows 2 and 4 of the later file, row 2 of the earlier
+        (78, files[utc(T1)], 1, utc(T1), True, True),
+    ]
+    # within one file, the first of two rows: merge the later file's keys alone into a fresh core
+    reset_data(s.database_url.get_secret_value())
+    put_rows(s, "Appointments", [appointment(30, 90, T1), appointment(31, 91, T1), appointment(32, 90, T1)], T3)
+    run_id = _stage_only(s, T3.date())
+    with connect(s) as conn:
+        merge_run(conn, run_id, s)
+    assert q(s, "SELECT patient_id, row_number FROM core.dim_patient WHERE is_inferred ORDER BY 1") == [(90, 1),
+                                                                                                        (91, 2)]
