@@ -125,6 +125,7 @@ def _dim_statements(extract: str) -> dict[str, Any]:
         "fast": M.dim_fast_statement(spec),
         "fast_apply": M.dim_fast_apply_statements(spec),
         "fast_repoint": [M.dim_fast_repoint_statement(spec, fact, ref) for fact, ref in pairs],
+        "lineage": {"desired": M.dim_lineage_statement(M.DESIRED_TABLE), "fast": M.dim_lineage_statement(M.FAST_TABLE)},
     }
 
 
@@ -255,11 +256,16 @@ def _merge_dimension(conn, spec: ExtractSpec, key: ActiveKey | None, params: dic
         result.timed("nhi", t)
     # Slow path: the affected keys' history recomputed from stg.
     result.slow = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(M.AFFECTED_TABLE)).fetchone()[0]
+    lineage = M.lineage_relation(spec).name
+    result.orphans[lineage] = 0
     if result.slow:
         t = time.monotonic()
         for statement in st["desired"]:
             conn.execute(statement, params)
+        result.orphans[lineage] += conn.execute(st["lineage"]["desired"]).fetchone()[0]
         result.timed("desired", t)
+        if result.orphans[lineage]:
+            return  # nothing written: merge_extract raises, the transaction rolls back
         t = time.monotonic()
         conn.execute(st["clear"])
         result.timed("clear_current", t)
@@ -293,6 +299,9 @@ def _merge_dimension(conn, spec: ExtractSpec, key: ActiveKey | None, params: dic
         sql.SQL("SELECT count(*) FROM {} WHERE NOT m_slow").format(M.INCOMING_TABLE)).fetchone()[0]
     changed = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(M.FAST_TABLE)).fetchone()[0]
     if changed:
+        result.orphans[lineage] += conn.execute(st["lineage"]["fast"]).fetchone()[0]
+        if result.orphans[lineage]:
+            return
         apply = st["fast_apply"]
         result.updated += conn.execute(apply["update"]).rowcount
         result.updated += conn.execute(apply["close"]).rowcount
@@ -316,7 +325,9 @@ def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, re
         result.timed("nhi", t)
     t = time.monotonic()
     for target, statement in st["inferred"]:
-        created = conn.execute(statement, params).fetchone()[0]
+        created, orphaned = conn.execute(statement, params).fetchone()
+        lineage = M.lineage_relation(get_spec(target)).name
+        result.orphans[lineage] = result.orphans.get(lineage, 0) + int(orphaned)
         if created:
             result.inferred[target] = result.inferred.get(target, 0) + created
     for target in sorted(result.inferred):
@@ -343,7 +354,7 @@ def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, re
             for statement in st["held"]:
                 conn.execute(statement)
             statements = [st["bulk"][several, M.EXISTING_KEYS], st["bulk"][several, M.NEW_KEYS]]
-    result.orphans = {rel.name: 0 for rel in st["relations"]}
+    result.orphans.update({rel.name: 0 for rel in st["relations"]})  # beside the inferred members' lineage
     for statement in statements:
         row = conn.execute(statement, params).fetchone()
         result.inserted += row[0]

@@ -38,10 +38,11 @@ def _orphan_rows(s, extract: str) -> list[tuple]:
                 "AND extract = %s ORDER BY dq_result_id", (extract,))
 
 
-def test_no_foreign_key_constraints_on_facts(pipeline_settings):
+def test_no_foreign_key_constraints_in_core(pipeline_settings):
+    """Facts since migration 0009, dimensions (their lineage) since 0010: integrity by construction."""
     fks = q(pipeline_settings, "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' "
                                "AND connamespace = 'core'::regnamespace")
-    assert not [t for (t,) in fks if t.startswith("core.fact_")], fks
+    assert fks == [], fks
 
 
 def test_every_relation_of_a_fact_merge_is_counted_zero(pipeline_settings):
@@ -55,8 +56,14 @@ def test_every_relation_of_a_fact_merge_is_counted_zero(pipeline_settings):
         "core.fact_appointment.provider_key -> core.dim_provider.provider_key",
         "core.fact_appointment.date_key -> core.dim_date.date_key",
         "core.fact_appointment.load_file_id -> etl.load_run_files.file_id",
+        # the inferred members it may create name their lineage too
+        "core.dim_patient.load_file_id -> etl.load_run_files.file_id",
+        "core.dim_practice.load_file_id -> etl.load_run_files.file_id",
+        "core.dim_provider.load_file_id -> etl.load_run_files.file_id",
     }
     assert all(observed == 0 and passed for _, _, observed, passed in rows)
+    patients = _orphan_rows(s, "Patients")
+    assert ("load_file_id", "core.dim_patient.load_file_id -> etl.load_run_files.file_id", 0, True) in patients
     # and what they guard holds: every fact names an existing version of each dimension and a calendar day
     assert q(s, "SELECT count(*) FROM core.fact_appointment a LEFT JOIN core.dim_patient p USING (patient_key) "
                 "LEFT JOIN core.dim_date d USING (date_key) WHERE p.patient_key IS NULL OR d.date_key IS NULL") \
@@ -256,3 +263,20 @@ def test_an_inferred_member_names_the_earliest_row_that_referenced_it(pipeline_s
         merge_run(conn, run_id, s)
     assert q(s, "SELECT patient_id, row_number FROM core.dim_patient WHERE is_inferred ORDER BY 1") == [(90, 1),
                                                                                                         (91, 2)]
+
+
+def test_dimension_rows_naming_no_ledger_file_are_counted(pipeline_settings):
+    """The check that replaced the dimensions' FOREIGN KEY to etl.load_run_files (migration 0010) counts
+    the rows a dimension merge is about to write whose lineage names no file, a NULL lineage included."""
+    from psycopg import sql
+
+    from contracts.sql.merge import dim_lineage_statement
+
+    s = pipeline_settings
+    load_rows(s, "Patients", [patient(1)], T1)
+    (file_id,) = q(s, "SELECT file_id FROM etl.load_run_files WHERE extract = 'Patients'")[0]
+    with connect(s) as conn:
+        conn.execute("CREATE TEMP TABLE lineage_probe (load_file_id bigint)")
+        conn.execute("INSERT INTO lineage_probe VALUES (%s), (%s), (%s), (NULL)", (file_id, file_id, file_id + 1000))
+        assert conn.execute(dim_lineage_statement(sql.Identifier("lineage_probe"))).fetchone()[0] == 2
+        conn.rollback()
