@@ -289,14 +289,8 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
     """
     engine = TypingEngine(spec, mapped_domains(conn, spec))
     columns = [ROW_NUMBER, *spec.column_names]
-    seconds: dict[str, float] = {}
-    clock = [time.perf_counter()]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        seconds[name] = seconds.get(name, 0.0) + now - clock[0]
-        clock[0] = now
-
+    laps = _Laps()
+    lap = laps.lap
     expected = getattr(record, "rows_raw", None)
     with tempfile.TemporaryFile(prefix="indici-stage-") as spool:
 
@@ -335,8 +329,21 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                 result = _second_pass(conn, spec, record, engine, spooled, lap)
         except psycopg.errors.UniqueViolation:
             result = _second_pass(conn, spec, record, engine, spooled, lap)
-    result.seconds = seconds
+    result.seconds = laps.seconds
     return result
+
+
+class _Laps:
+    """Wall seconds of a staging's parts: `lap(name)` adds the time since the previous lap to `name`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._clock
+        self._clock = now
 
 
 class _NotAllVisible(Exception):
@@ -663,13 +670,8 @@ class StagingTee:
             raise RuntimeError(f"the landing's spool was lost: {self.error!r}")
         spool = self._spool
         spool.flush()
-        seconds: dict[str, float] = {}
-        clock = [time.perf_counter()]
-
-        def lap(name: str) -> None:
-            now = time.perf_counter()
-            seconds[name] = seconds.get(name, 0.0) + now - clock[0]
-            clock[0] = now
+        laps = _Laps()
+        lap = laps.lap
 
         def batches() -> Iterator[pa.Table]:
             return _copy_text_batches(spool, self.line_columns, self.spec)
@@ -682,5 +684,5 @@ class StagingTee:
                 result = _second_pass(conn, self.spec, self.record, self.engine, batches, lap)
         finally:
             self.abandon(RuntimeError("loaded"))
-        result.seconds = seconds
+        result.seconds = laps.seconds
         return result
