@@ -378,8 +378,9 @@ def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: 
 
 def _stage_in_pass(conn: psycopg.Connection, file_id: int, tee: StagingTee) -> StageResult | None:
     """The file's typed rows (typed while it landed) into stg, and its new state, inside a savepoint of
-    the landing's transaction. None when that is not possible (typing stopped, a repeated natural key,
-    an error): the savepoint is rolled back and the file stays landed, for the stage step."""
+    the landing's transaction (a repeated natural key is resolved there, by the second pass). None when
+    that is not possible (the spool was lost, an error): the savepoint is rolled back and the file
+    stays landed, for the stage step."""
     record = ledger.get(conn, file_id)
     if not tee.usable:
         log.warning("typing during the landing stopped; the stage step stages the file from raw",
@@ -393,11 +394,8 @@ def _stage_in_pass(conn: psycopg.Connection, file_id: int, tee: StagingTee) -> S
     except Exception as exc:
         if conn.closed or conn.broken:
             raise
-        repeated = isinstance(exc, psycopg.errors.UniqueViolation)
-        (log.info if repeated else log.warning)(
-            "the file repeats a natural key; the stage step stages it from raw" if repeated
-            else "staging in the landing's pass failed; the stage step stages the file from raw",
-            error=type(exc).__name__)
+        log.warning("staging in the landing's pass failed; the stage step stages the file from raw",
+                    error=type(exc).__name__)
         return None
     if error:
         return StageResult(file_id, "failed", result.staged, result.rejected, result.superseded, error)
