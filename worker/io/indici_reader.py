@@ -216,7 +216,9 @@ class IndiciReader:
 
     * ``encoding``: codec used ('utf-16-le', 'utf-8', 'utf-16-be'); set as soon as the first bytes arrive
     * ``bom``: whether a byte-order mark was present (it is not part of any row)
-    * ``sha256``: hex SHA-256 of every raw byte read, BOM included (None until the stream is exhausted)
+    * ``sha256``: hex SHA-256 of every raw byte read, BOM included (None until the stream is exhausted,
+      and always None when ``hashed`` is false: a caller that hashed the same bytes already, as the
+      landing's spool does, saves a second SHA-256 pass, about 1.3 s of CPU per 1.7 GB file)
     * ``bytes_read``: raw bytes read (counts up while reading)
     * ``rows_read``: complete, valid rows produced (counts up while reading)
 
@@ -230,6 +232,7 @@ class IndiciReader:
         field_count: int,
         chunk_chars: int = DEFAULT_CHUNK_CHARS,
         max_row_chars: int = DEFAULT_MAX_ROW_CHARS,
+        hashed: bool = True,
     ) -> None:
         if field_count < 1:
             raise ValueError("field_count must be >= 1")
@@ -239,6 +242,7 @@ class IndiciReader:
         self.field_count = field_count
         self.chunk_chars = chunk_chars
         self.max_row_chars = max_row_chars
+        self.hashed = hashed
         self.encoding: str | None = None
         self.bom: bool = False
         self.sha256: str | None = None
@@ -261,7 +265,8 @@ class IndiciReader:
         for chunk in self._chunks:
             if not chunk:
                 continue
-            hasher.update(chunk)
+            if hasher is not None:
+                hasher.update(chunk)
             self.bytes_read += len(chunk)
             if self.encoding is not None:
                 target = self.chunk_chars * (1 if self.encoding == "utf-8" else 2)
@@ -277,7 +282,7 @@ class IndiciReader:
 
     def _decoded(self) -> Iterator[str]:
         """Yield decoded text.  On a decode error: yield the valid text before it, then raise _DecodeFailure."""
-        hasher = hashlib.sha256()
+        hasher = hashlib.sha256() if self.hashed else None
         decoder = None
         bom_len = 0
         fed = 0  # bytes handed to the decoder (BOM excluded)
@@ -313,7 +318,8 @@ class IndiciReader:
                 yield from self._decode_failure(e, enc, bom_len + fed - buffered)
             if text:
                 yield text
-        self.sha256 = hasher.hexdigest()
+        if hasher is not None:
+            self.sha256 = hasher.hexdigest()
 
     @staticmethod
     def _decode_failure(e: UnicodeDecodeError, enc: str, base: int) -> Iterator[str]:

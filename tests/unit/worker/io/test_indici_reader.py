@@ -601,6 +601,20 @@ def test_sha256_is_none_until_exhausted():
     assert r.sha256 is not None
 
 
+def test_an_unhashed_reader_gives_the_same_copy_lines_and_no_hash():
+    # The landing's spool hashes the object's bytes itself; its reader must then produce exactly the
+    # lines a hashing reader does (and count the bytes, which the landing checks), without a hash.
+    data = encode_rows([TRICKY[:3], TRICKY[3:6], TRICKY[6:9]], bom=True)
+    hashed = IndiciReader(iter([data[:7], data[7:]]), 3)
+    unhashed = IndiciReader(iter([data[:7], data[7:]]), 3, hashed=False)
+    lines = b"".join(hashed.copy_bytes("p\t"))
+    assert b"".join(unhashed.copy_bytes("p\t")) == lines
+    assert hashed.sha256 == hashlib.sha256(data).hexdigest()
+    assert unhashed.sha256 is None
+    assert unhashed.bytes_read == hashed.bytes_read == len(data)
+    assert unhashed.rows_read == 3
+
+
 def test_iter_file_chunks(tmp_path):
     p = tmp_path / "f.csv"
     p.write_bytes(bytes(range(256)) * 3)
