@@ -116,6 +116,18 @@ class TypingEngine:
         self.rejects_schema = pa.schema(
             [pa.field(ROW_NUMBER, pa.int64()), pa.field("row_text", pa.string()), pa.field("field_errors", pa.string())]
         )
+        # Columns checked together: those of one type without a domain mapping (a mapped column is
+        # checked alone, against its own values), in contract order.
+        groups: dict[ContractType, list[str]] = {}
+        self._groups: list[tuple[ContractType, list[str]]] = []
+        for c in spec.columns:
+            if c.column in self._mapped:
+                self._groups.append((c.type, [c.column]))
+            elif c.type not in groups:
+                groups[c.type] = [c.column]
+                self._groups.append((c.type, groups[c.type]))
+            else:
+                groups[c.type].append(c.column)
         self._key_or_required = {c.column: c.required or c.column in spec.natural_key for c in spec.columns}
         self._severity = {c.column: spec.severity(c) for c in spec.columns}
         self._type_prefix = {
@@ -154,14 +166,13 @@ class TypingEngine:
     def type_block(self, batch: pa.RecordBatch | pa.Table, counts: DqCounts) -> TypedBlock:
         """Type one block: row_number (int64) and one string column per contract column, no nulls."""
         n = batch.num_rows
-        checked: dict[str, Checked] = {}
+        checked = self._check_columns(batch)
         reject = np.zeros(n, dtype=bool)
         bad: dict[str, np.ndarray] = {}
         missing: dict[str, np.ndarray] = {}
         for col in self.columns:
             raw = _contiguous(batch.column(col.column))
-            c = check_column(col.type, raw, self._mapped.get(col.column))
-            checked[col.column] = c
+            c = checked[col.column]
             if _is_checked(col):
                 bad[col.column] = c.present & ~c.ok
                 if self._severity[col.column] is Severity.REJECT:
@@ -229,6 +240,27 @@ class TypingEngine:
         else:
             rejects = self.rejects_schema.empty_table()
         return TypedBlock(kept=kept, rejects=rejects, keep=keep, kept_violations=kept_violations)
+
+    def _check_columns(self, batch: pa.RecordBatch | pa.Table) -> dict[str, Checked]:
+        """Every column's check. The columns of one type are checked together: their values of the block
+        concatenated, one set of compute calls over them, the results sliced back per column (zero-copy).
+        Every rule of check_column is value by value, so this is the same as a check per column, but a
+        block pays the calls' overhead once per type instead of once per column (Appointments: 64
+        columns in 7 groups; typing and encoding 300k rows without Postgres, median of 3: 4.30 s -> 3.09 s)."""
+        n = batch.num_rows
+        out: dict[str, Checked] = {}
+        for col_type, names in self._groups:
+            raws = [_contiguous(batch.column(name)) for name in names]
+            if len(raws) == 1:
+                out[names[0]] = check_column(col_type, raws[0], self._mapped.get(names[0]))
+                continue
+            c = check_column(col_type, pa.concat_arrays(raws))
+            for i, name in enumerate(names):
+                part = slice(i * n, (i + 1) * n)
+                out[name] = Checked(v=c.v.slice(i * n, n), present=c.present[part], ok=c.ok[part],
+                                    typed=c.typed.slice(i * n, n),
+                                    no_date=None if c.no_date is None else c.no_date[part])
+        return out
 
     @staticmethod
     def _errors(raw: pa.Array, failing: np.ndarray, prefix: str) -> pa.Array:
