@@ -34,9 +34,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from contracts import naming
 from contracts.registry import load_all
-from worker.pipeline import config
+from worker.pipeline import config, dq
 from worker.pipeline.config_keys import default
 
 CHECK_PREFIX = "anomaly_"
@@ -129,27 +128,25 @@ def _stored_unmapped(conn: psycopg.Connection, extract: str, run_ids: list[int])
 
 
 def _unmapped_rows(conn: psycopg.Connection, extract: str, file_ids: list[int]) -> int:
-    """Rows of the files holding a domain value that is not mapped (one set-based count). Staging
-    recorded which files hold unmapped values; files without any are not scanned."""
-    spec = load_all()[extract]
-    domain_columns = [c for c in spec.columns if c.domain]
-    if not domain_columns:
+    """Rows of the files holding a domain value that is not mapped. Staging counted them per file
+    (dq.UNMAPPED_ROWS_CHECK, as the values were mapped then); only a file staged without that count
+    (before it was recorded) is counted from raw here, and only if staging found unmapped values in it."""
+    statement = dq.unmapped_rows_statement(load_all()[extract])
+    if statement is None:
         return 0
+    counted: dict[int, float] = {int(f): float(n) for f, n in conn.execute(
+        "SELECT file_id, observed FROM etl.dq_results WHERE file_id = ANY(%s) AND check_name = %s",
+        (file_ids, dq.UNMAPPED_ROWS_CHECK),
+    ).fetchall()}
+    total = int(sum(counted.values()))
     flagged = [r[0] for r in conn.execute(
         "SELECT DISTINCT file_id FROM etl.dq_results WHERE file_id = ANY(%s) AND check_name = 'unmapped_domain_values'",
         (file_ids,),
-    ).fetchall()]
+    ).fetchall() if r[0] not in counted]
     if not flagged:
-        return 0
-    unmapped = sql.SQL(" OR ").join(
-        sql.SQL("EXISTS (SELECT 1 FROM {d} WHERE {d}.value = r.{c} AND NOT {d}.is_mapped)").format(
-            d=sql.Identifier(naming.ETL, naming.domain_table(c.domain)), c=sql.Identifier(c.column))
-        for c in domain_columns if c.domain
-    )
-    query = sql.SQL("SELECT count(*) FROM {raw} r WHERE r.load_file_id = ANY(%s) AND ({unmapped})").format(
-        raw=sql.Identifier(naming.RAW, naming.raw_table(spec)), unmapped=unmapped)
-    row = conn.execute(query, (flagged,)).fetchone()
-    return int(row[0]) if row else 0
+        return total
+    row = conn.execute(statement, (flagged,)).fetchone()
+    return total + (int(row[0]) if row else 0)
 
 
 def _metrics(conn: psycopg.Connection, loads: list[tuple[int, str, int, int, int, list[int]]],

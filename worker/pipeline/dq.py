@@ -12,6 +12,9 @@ from contracts import naming
 from contracts.model import ExtractSpec
 from worker.pipeline import config, relaxed
 
+# Per file: rows holding at least one domain value that was not mapped when the file was staged.
+UNMAPPED_ROWS_CHECK = "unmapped_domain_rows"
+
 
 @dataclass
 class Check:
@@ -144,6 +147,29 @@ def _unmapped(conn, spec: ExtractSpec, file_id: int) -> dict[str, list[str]]:
     return found
 
 
+def unmapped_rows_statement(spec: ExtractSpec) -> sql.Composed | None:
+    """count(*) of the raw rows of the files %s (an array) holding at least one domain value that is
+    not mapped; None when the extract has no domain column."""
+    domain_columns = [c for c in spec.columns if c.domain]
+    if not domain_columns:
+        return None
+    unmapped = sql.SQL(" OR ").join(
+        sql.SQL("EXISTS (SELECT 1 FROM {d} WHERE {d}.value = r.{c} AND NOT {d}.is_mapped)").format(
+            d=sql.Identifier(naming.ETL, naming.domain_table(str(c.domain))), c=sql.Identifier(c.column))
+        for c in domain_columns
+    )
+    return sql.SQL("SELECT count(*) FROM {raw} r WHERE r.load_file_id = ANY(%s) AND ({unmapped})").format(
+        raw=sql.Identifier(naming.RAW, naming.raw_table(spec)), unmapped=unmapped)
+
+
+def _unmapped_rows(conn, spec: ExtractSpec, file_id: int) -> int | None:
+    statement = unmapped_rows_statement(spec)
+    if statement is None:
+        return None
+    row = conn.execute(statement, ([file_id],)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def evaluate(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int, rejected: int,
              superseded: int) -> DqOutcome:
     """Compute the checks of one file (no writes), with set-based queries over raw, stg and rejects."""
@@ -156,6 +182,7 @@ def evaluate(conn, spec: ExtractSpec, file_id: int, rows_read: int, staged: int,
         empty_rates=_empty_rates(conn, spec, file_id, required),
         null_rates=_stg_null_rates(conn, spec, file_id, sorted(limits)),
         unmapped=_unmapped(conn, spec, file_id),
+        unmapped_rows=_unmapped_rows(conn, spec, file_id),
         limits=limits,
     )
 
@@ -181,13 +208,14 @@ def evaluate_counts(conn, spec: ExtractSpec, file_id: int, rows_read: int, stage
         empty_rates={c: share(counts.empty[c], rows_read) for c in required},
         null_rates={c: share(counts.stg_nulls[c], staged) for c in sorted(limits)},
         unmapped=_unmapped_seen(conn, spec, counts.domain_values),
+        unmapped_rows=counts.unmapped_rows if any(c.domain for c in spec.columns) else None,
         limits=limits,
     )
 
 
 def _outcome(conn, spec: ExtractSpec, held_to: relaxed.Thresholds, rows_read: int, staged: int, rejected: int,
              superseded: int, *, rule_counts, empty_rates: dict[str, float], null_rates: dict[str, float],
-             unmapped: dict[str, list[str]], limits) -> DqOutcome:
+             unmapped: dict[str, list[str]], unmapped_rows: int | None, limits) -> DqOutcome:
     outcome = DqOutcome()
     max_reject_rate = held_to.max_reject_rate
     reject_rate = (rejected / rows_read) if rows_read else 0.0
@@ -215,6 +243,10 @@ def _outcome(conn, spec: ExtractSpec, held_to: relaxed.Thresholds, rows_read: in
             Check("null_rate", rate <= float(limits[column]) or not rates_apply, rate, float(limits[column]),
                   column_name=column, detail=relaxed.detail(held_to, "max_null_rate", column) or None)
         )
+    if unmapped_rows is not None:
+        # Rows holding an unmapped domain value as the file was staged: the anomaly hook's
+        # unmapped_domain_rate reads it when the run closes instead of scanning raw again.
+        outcome.checks.append(Check(UNMAPPED_ROWS_CHECK, True, unmapped_rows))
     for column, values in unmapped.items():
         outcome.checks.append(
             Check("unmapped_domain_values", True, len(values), column_name=column,

@@ -80,6 +80,9 @@ class DqCounts:
     empty: Counter = field(default_factory=Counter)  # required/key column -> raw values btrim(' ') = ''
     stg_nulls: Counter = field(default_factory=Counter)  # column -> NULLs among the staged rows
     domain_values: dict[str, set[str]] = field(default_factory=dict)  # column -> distinct raw values <> ''
+    # Rows holding at least one domain value <> '' that was not mapped when the file was typed (the
+    # anomaly metric unmapped_domain_rate, without a scan of raw when the run closes).
+    unmapped_rows: int = 0
 
 
 @dataclass
@@ -103,10 +106,13 @@ class TypingEngine:
                 raise UnsupportedContract(f"{spec.extract}: natural key {key} is not an integer column")
         self.spec = spec
         mapped_domains = mapped_domains or {}
-        self._mapped = {
+        # mapped_domains: the mapped values of each domain (worker/pipeline/typing_engine/stage.py).
+        self._domain_mapped = {
             c.column: pa.array(sorted(mapped_domains.get(c.domain, [])), pa.string())
-            for c in spec.columns if c.domain and c.unmapped == "reject"
+            for c in spec.columns if c.domain
         }
+        self._mapped = {c.column: self._domain_mapped[c.column]
+                        for c in spec.columns if c.domain and c.unmapped == "reject"}
         self.columns = spec.columns
         self.stg_schema = pa.schema(
             [pa.field(ROW_NUMBER, pa.int64(), nullable=False)]
@@ -170,6 +176,7 @@ class TypingEngine:
         reject = np.zeros(n, dtype=bool)
         bad: dict[str, np.ndarray] = {}
         missing: dict[str, np.ndarray] = {}
+        unmapped = np.zeros(n, dtype=bool)
         for col in self.columns:
             raw = _contiguous(batch.column(col.column))
             c = checked[col.column]
@@ -189,6 +196,10 @@ class TypingEngine:
                 counts.domain_values.setdefault(col.column, set()).update(
                     v for v in distinct.to_pylist() if v != ""
                 )
+                not_mapped = pc.and_(pc.invert(pc.is_in(raw, value_set=self._domain_mapped[col.column])),
+                                     pc.not_equal(raw, ""))  # raw values are never null
+                unmapped |= np.asarray(not_mapped.to_numpy(zero_copy_only=False), dtype=bool)
+        counts.unmapped_rows += int(unmapped.sum())
         keep = ~reject
         row_numbers = _contiguous(batch.column(ROW_NUMBER))
         keep_arrow = pa.array(keep, pa.bool_())

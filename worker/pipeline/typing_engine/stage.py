@@ -71,10 +71,11 @@ class EngineResult:
 
 
 def mapped_domains(conn: psycopg.Connection, spec: ExtractSpec) -> dict[str, list[str]]:
-    """The mapped values of each domain whose unmapped values reject rows."""
+    """The mapped values of each domain of the extract's columns: a column whose unmapped values reject
+    rows is checked against them, and every domain column's unmapped values are counted (DqCounts)."""
     found: dict[str, list[str]] = {}
     for col in spec.columns:
-        if col.domain and col.unmapped == "reject" and col.domain not in found:
+        if col.domain and col.domain not in found:
             rows = conn.execute(
                 sql.SQL("SELECT value FROM {} WHERE is_mapped").format(
                     sql.Identifier(naming.ETL, naming.domain_table(col.domain))

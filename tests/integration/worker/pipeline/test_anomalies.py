@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 
+from contracts.registry import get as get_spec
 from tests.integration.worker.pipeline.helpers import put_file, query, run
 from worker.io.db import connect
 from worker.io.s3 import make_client
@@ -98,3 +99,47 @@ def test_tolerances_come_from_etl_config(pipeline_settings):
             conn.commit()
     assert ("Appointments", "rows") not in {(a["extract"], a["metric"]) for a in summary["anomalies"]}
     assert ("Patients", "rows") in {(a["extract"], a["metric"]) for a in summary["anomalies"]}
+
+
+def _raw_unmapped_rows(settings, file_id: int) -> int:
+    """Rows of the file in raw with a non-empty domain value that its domain table does not map (written
+    here from the contract, independently of the pipeline's own statement)."""
+    spec = get_spec("Appointments")
+    conditions = " OR ".join(
+        f"(r.{c.column} <> '' AND NOT EXISTS (SELECT 1 FROM etl.domain_{c.domain} d "
+        f"WHERE d.value = r.{c.column} AND d.is_mapped))" for c in spec.columns if c.domain)
+    return query(settings, f"SELECT count(*) FROM raw.appointments_raw r WHERE r.load_file_id = %s AND ({conditions})",
+                 (file_id,))[0][0]
+
+
+def test_the_unmapped_domain_rate_is_counted_while_staging_as_mapped_then(pipeline_settings):
+    _week(pipeline_settings, 0, patients=20)
+    # Map every value seen so far but the statuses other than the commonest: some rows are then unmapped
+    # by their status alone, the others not at all.
+    (common,) = query(pipeline_settings, "SELECT appointment_status FROM raw.appointments_raw "
+                      "WHERE appointment_status <> '' GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1")[0]
+    with psycopg.connect(pipeline_settings.database_url.get_secret_value()) as conn:
+        for domain in {c.domain for c in get_spec("Appointments").columns if c.domain} - {"appointment_status"}:
+            conn.execute(f"UPDATE etl.domain_{domain} SET is_mapped = true, label = value")
+        conn.execute("UPDATE etl.domain_appointment_status SET is_mapped = true, label = value WHERE value = %s",
+                     (common,))
+    _, summary = _week(pipeline_settings, 1, patients=20)
+    (file_id, rows_read), = query(pipeline_settings, "SELECT file_id, rows_read FROM etl.load_run_files "
+                                  "WHERE load_run_id = %s AND extract = 'Appointments'", (summary["load_run_id"],))
+    expected = _raw_unmapped_rows(pipeline_settings, file_id)
+    assert 0 < expected < rows_read  # the mapping took some rows out, not all
+    stored = query(pipeline_settings, "SELECT observed FROM etl.dq_results WHERE file_id = %s "
+                   "AND check_name = 'unmapped_domain_rows'", (file_id,))
+    assert [float(s[0]) for s in stored] == [expected]
+    rate = "SELECT observed FROM etl.dq_results WHERE load_run_id = %s AND extract = 'Appointments' " \
+           "AND check_name = 'anomaly_unmapped_domain_rate'"
+    assert float(query(pipeline_settings, rate, (summary["load_run_id"],))[0][0]) == pytest.approx(expected / rows_read)
+
+    # Mapped after staging: the run's rate stays the one its file was staged with (no second scan of raw).
+    with psycopg.connect(pipeline_settings.database_url.get_secret_value()) as conn:
+        conn.execute("UPDATE etl.domain_appointment_status SET is_mapped = true, label = value")
+    with connect(pipeline_settings) as conn:
+        anomalies.evaluate_run(conn, summary["load_run_id"])
+        conn.commit()
+    assert _raw_unmapped_rows(pipeline_settings, file_id) < expected
+    assert float(query(pipeline_settings, rate, (summary["load_run_id"],))[0][0]) == pytest.approx(expected / rows_read)
