@@ -340,6 +340,22 @@ def _typed(col) -> Column:
     return Column(col.column, rule.sa_type, comment=col.source)
 
 
+def _stg_key_indexes(spec: ExtractSpec) -> list:
+    """One row per natural key and file (a key repeated in a file keeps its last row only), and the
+    lookups by key.
+
+    A dimension's merge asks, per incoming key, whether a version at least as new exists elsewhere: the
+    key's versions in DateExtracted order (one index probe, whatever the history's length), beside the
+    unique (file, key). A fact's merge never asks that (the newest version per key is chosen among the
+    batch's own rows), so a fact keeps one index for both jobs: unique (key, file), which finds a key's
+    rows in every file (trace, a full file's removals) and costs its COPY one random b-tree insertion
+    per row instead of two (1M staged Appointments: 11.2-11.6 s -> 9.5-10.1 s for the binary COPY)."""
+    nk = spec.natural_key
+    if spec.is_dimension:
+        return [UniqueConstraint("load_file_id", *nk), Index(None, *nk, "date_extracted")]
+    return [UniqueConstraint(*nk, "load_file_id")]
+
+
 def _stg_table(metadata: MetaData, spec: ExtractSpec) -> Table:
     columns = []
     for col in spec.columns:
@@ -360,11 +376,7 @@ def _stg_table(metadata: MetaData, spec: ExtractSpec) -> Table:
         Column("load_run_id", BigInteger, nullable=False),
         Column("staged_at", TZ, nullable=False, server_default=_now()),
         PrimaryKeyConstraint("load_file_id", "row_number"),
-        # One row per natural key and file: a key repeated in a file keeps its last row only.
-        UniqueConstraint("load_file_id", *spec.natural_key),
-        # The key's versions in DateExtracted order: the dimension merge asks, per incoming key, whether a
-        # version at least as new exists elsewhere (one index probe, whatever the history's length).
-        Index(None, *spec.natural_key, "date_extracted"),
+        *_stg_key_indexes(spec),
         comment=f"{spec.extract} rows typed and validated against the contract",
         schema=naming.STG,
     )
