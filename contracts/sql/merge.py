@@ -87,6 +87,7 @@ DESIRED_TABLE = sql.Identifier("merge_desired")
 INCOMING_TABLE = sql.Identifier("merge_incoming")
 FAST_TABLE = sql.Identifier("merge_fast")
 HELD_TABLE = sql.Identifier("merge_held")  # a bulk fact merge: the natural keys the fact held before it
+REFS_TABLE = sql.Identifier("merge_refs")  # a fact merge: its files' referenced keys, one row per (key, file)
 
 _TZ = sql.Literal(SOURCE_TIME_ZONE)
 
@@ -669,26 +670,74 @@ WHERE {on_a} AND NOT EXISTS (SELECT 1 FROM {desired} x WHERE {on_x} AND x.effect
 
 
 def drop_temp_statement() -> sql.Composable:
-    return sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}").format(
-        NHI_TABLE, AFFECTED_TABLE, DESIRED_TABLE, INCOMING_TABLE, FAST_TABLE, HELD_TABLE)
+    return sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}").format(
+        NHI_TABLE, AFFECTED_TABLE, DESIRED_TABLE, INCOMING_TABLE, FAST_TABLE, HELD_TABLE, REFS_TABLE)
 
 
 # -- facts ---------------------------------------------------------------------------------------------
+def _ref_key_columns(ref: Reference) -> tuple[str, ...]:
+    """The fact's columns that name a reference's target key (in the target's natural-key order)."""
+    return tuple(fact_col for _, fact_col in ref.match)
+
+
+def _ref_grouping(refs: list[Reference]) -> tuple[list[str], dict[tuple[str, ...], int]]:
+    """The fact columns of every reference's key (first-seen order), and for each distinct key column set
+    the value GROUPING() over those columns gives its rows (a bit set for each column not in the set)."""
+    columns: list[str] = []
+    for ref in refs:
+        columns += [c for c in _ref_key_columns(ref) if c not in columns]
+    masks: dict[tuple[str, ...], int] = {}
+    for ref in refs:
+        key = _ref_key_columns(ref)
+        masks.setdefault(key, sum(1 << (len(columns) - 1 - i) for i, c in enumerate(columns) if c not in key))
+    return columns, masks
+
+
+def inferred_refs_statements(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> list[sql.Composable]:
+    """merge_refs := the referenced keys of the files being merged, one row per reference key column set,
+    key and file, with the file's earliest row holding it (min(row_number)); `g` tells the sets apart
+    (GROUPING()). One scan of stg and one hash aggregate with a table per set, instead of a scan and an
+    aggregate per target dimension: the three of 1M Appointments (patients, providers, the practice: 1
+    key, still 1M rows hashed) took 4.9 s, the one 2.3 s. A key column that is NULL in a row (an empty
+    reference) gives a group with a NULL key, which inferred_statements leaves out. Empty when the fact
+    references nothing."""
+    refs = references(spec, specs)
+    if not refs:
+        return []
+    columns, masks = _ref_grouping(refs)
+    sets = sql.SQL(", ").join(
+        sql.SQL("({}, s.load_file_id)").format(_ids(key, "s")) for key in masks
+    )
+    return [
+        sql.SQL("DROP TABLE IF EXISTS {}").format(REFS_TABLE),
+        sql.SQL(
+            "CREATE TEMP TABLE {refs} AS SELECT GROUPING({cols_s}) AS g, {cols_s}, s.load_file_id, "
+            "min(s.row_number) AS row_number FROM {stg} s WHERE s.load_file_id = ANY(%(files)s) "
+            "GROUP BY GROUPING SETS ({sets})"
+        ).format(refs=REFS_TABLE, cols_s=_ids(columns, "s"), stg=stg_table(spec), sets=sets),
+        sql.SQL("ANALYZE {}").format(REFS_TABLE),
+    ]
+
+
 def inferred_statements(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> list[tuple[str, sql.Composable]]:
     """Per target dimension (in name order, so that parallel fact merges insert shared members in one
     order): insert inferred members for referenced keys that have no real row. Rows of keys whose
     inferred member already has lineage at least as early are dropped before the sort (the running
     minimum cannot move). Each statement returns one row: (inserted, rows written whose lineage is not
-    one of the files merged: must be 0, the dimension's lineage relation).
+    one of the files merged: must be 0, the dimension's lineage relation). They read merge_refs
+    (inferred_refs_statements), which the merge creates first.
 
-    The referencing rows are first reduced to one per (key, file): a file's lineage is the same on all
-    its rows except the row number, so its earliest row for a key is min(row_number), found by a hash
-    aggregate over the key and the file id alone (narrow: hashing the file's text lineage on every
+    The referencing rows come reduced to one per (key, file) (merge_refs): a file's lineage is the same on
+    all its rows except the row number, so its earliest row for a key is min(row_number), found by a
+    hash aggregate over the key and the file id alone (narrow: hashing the file's text lineage on every
     row cost more than the aggregate); the file's other lineage is then joined from one stg row per
-    file. The earliest-first sort orders one row per key and file instead of every referencing row (a
+    file. A target referenced through several columns takes the earliest of their rows per (key, file).
+    The earliest-first sort orders one row per key and file instead of every referencing row (a
     1M-row file referencing 243k patients: 243k rows sorted, not 900k; 1 practice: 1 row, not 1M)."""
+    refs_all = references(spec, specs)
+    _, masks = _ref_grouping(refs_all)
     by_target: dict[str, list[Reference]] = {}
-    for ref in references(spec, specs):
+    for ref in refs_all:
         by_target.setdefault(ref.target.extract, []).append(ref)
     per_file = [c for c in LINEAGE if c not in ("load_file_id", "row_number")]
     file_lineage = sql.SQL(
@@ -703,23 +752,30 @@ def inferred_statements(spec: ExtractSpec, specs: dict[str, ExtractSpec]) -> lis
         for ref in refs:
             mapping = dict(ref.match)
             sources.append(
-                sql.SQL("SELECT {keys}, s.load_file_id, s.row_number FROM {stg} s "
-                        "WHERE s.load_file_id = ANY(%(files)s) AND s.{col} IS NOT NULL").format(
+                sql.SQL("SELECT {keys}, r.load_file_id, r.row_number FROM {refs} r "
+                        "WHERE r.g = {mask} AND r.{col} IS NOT NULL").format(
                     keys=sql.SQL(", ").join(
-                        sql.SQL("s.{} AS {}").format(sql.Identifier(mapping[k]), sql.Identifier(k)) for k in nk
+                        sql.SQL("r.{} AS {}").format(sql.Identifier(mapping[k]), sql.Identifier(k)) for k in nk
                     ),
-                    stg=stg_table(spec),
+                    refs=REFS_TABLE,
+                    mask=sql.Literal(masks[_ref_key_columns(ref)]),
                     col=sql.Identifier(ref.column),
                 )
             )
+        if len(sources) == 1:  # merge_refs holds a (key, file) once per column set
+            keyed = sql.SQL("({}) k").format(sources[0])
+        else:
+            keyed = sql.SQL(
+                "(SELECT {nk_u}, u.load_file_id, min(u.row_number) AS row_number FROM ({sources}) u "
+                "GROUP BY {nk_u}, u.load_file_id) k"
+            ).format(nk_u=_ids(nk, "u"), sources=sql.SQL(" UNION ALL ").join(sources))
         statement = sql.SQL(
             """WITH ins AS (
     INSERT INTO {dim} AS d ({nk}, effective_from, effective_to, is_current, is_inferred, is_removed, {lineage})
     SELECT DISTINCT ON ({nk_r}) {nk_r}, {inf}::timestamptz, NULL, true, true, false, {lineage_r}
     FROM (
         SELECT {nk_k}, k.load_file_id, k.row_number, {per_file_f}
-        FROM (SELECT {nk_u}, u.load_file_id, min(u.row_number) AS row_number FROM ({sources}) u
-              GROUP BY {nk_u}, u.load_file_id) k
+        FROM {keyed}
         JOIN ({file_lineage}) f ON f.load_file_id = k.load_file_id
     ) r
     WHERE NOT EXISTS (SELECT 1 FROM {dim} d2 WHERE {on} AND (NOT d2.is_inferred OR ({order_d2}) <= ({order_r})))
@@ -738,8 +794,7 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT (load_file_i
             lineage_r=_ids(LINEAGE, "r"),
             nk_k=_ids(nk, "k"),
             per_file_f=_ids(per_file, "f"),
-            nk_u=_ids(nk, "u"),
-            sources=sql.SQL(" UNION ALL ").join(sources),
+            keyed=keyed,
             file_lineage=file_lineage,
             on=_eq("d2", "r", nk),
             order_r=_ids(VERSION_ORDER, "r"),

@@ -135,6 +135,7 @@ def _fact_statements(extract: str) -> dict[str, Any]:
     spec = specs[extract]
     return {
         "range": M.fact_date_range_statement(spec),
+        "refs": M.inferred_refs_statements(spec, specs),
         "inferred": M.inferred_statements(spec, specs),
         "upsert": {dedupe: M.fact_upsert_statement(spec, specs, dedupe) for dedupe in (False, True)},
         "bulk": {(dedupe, keys): M.fact_upsert_statement(spec, specs, dedupe, keys)
@@ -324,6 +325,8 @@ def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, re
         result.nhi_invalid = conn.execute(M.nhi_invalid_statement(spec), params).fetchone()[0]
         result.timed("nhi", t)
     t = time.monotonic()
+    for statement in st["refs"]:
+        conn.execute(statement, params)
     for target, statement in st["inferred"]:
         created, orphaned = conn.execute(statement, params).fetchone()
         lineage = M.lineage_relation(get_spec(target)).name

@@ -22,6 +22,7 @@ from tests.integration.worker.pipeline.test_merge import (
     patient,
     put_rows,
     q,
+    row,
     utc,
     versions,
 )
@@ -263,6 +264,51 @@ def test_an_inferred_member_names_the_earliest_row_that_referenced_it(pipeline_s
         merge_run(conn, run_id, s)
     assert q(s, "SELECT patient_id, row_number FROM core.dim_patient WHERE is_inferred ORDER BY 1") == [(90, 1),
                                                                                                         (91, 2)]
+
+
+def test_the_referenced_keys_of_one_scan_equal_each_reference_aggregated_alone(pipeline_settings):
+    """merge_refs (contracts/sql/merge.py, inferred_refs_statements) reads stg once for every reference
+    of the fact (GROUPING SETS); per reference, its rows must be exactly what that reference aggregated
+    alone over stg gives: each (key, file) once, with the file's first row holding it, and no key for a
+    row whose reference is empty. Two files, empty patients and providers, keys shared across files."""
+    from psycopg import sql
+
+    from contracts.registry import load_all
+    from contracts.relations import references
+    from contracts.sql.merge import REFS_TABLE, _ref_grouping, _ref_key_columns, inferred_refs_statements
+
+    s = pipeline_settings
+    def appt(aid, pid, provider):
+        return row("Appointments", appointment_id=aid, patient_id=pid, provider_id=provider,
+                   schedule_date=T1.strftime("%Y-%m-%d %H:%M:%S.000"))
+    put_rows(s, "Appointments", [appt(1, 5, 7), appt(2, "", 7), appt(3, 5, ""), appt(4, 6, 8), appt(5, "", "")], T2)
+    put_rows(s, "Appointments", [appt(6, 6, 9), appt(7, 5, 7), appt(8, 6, "")], T1)
+    _stage_only(s, T1.date(), T2.date())
+    specs = load_all()
+    spec = specs["Appointments"]
+    refs = references(spec, specs)
+    _, masks = _ref_grouping(refs)
+    assert len(set(masks.values())) == len(masks) == 3  # practice, patient, provider
+    with connect(s) as conn:
+        files = [r[0] for r in conn.execute("SELECT file_id FROM etl.load_run_files WHERE extract = 'Appointments'")]
+        for statement in inferred_refs_statements(spec, specs):
+            conn.execute(statement, {"files": files})
+        for ref in refs:
+            cols = sql.SQL(", ").join(sql.Identifier(c) for c in _ref_key_columns(ref))
+            got = conn.execute(sql.SQL("SELECT {}, load_file_id, row_number FROM {} WHERE g = %s AND {} IS NOT NULL "
+                                       "ORDER BY 1, 2, 3, 4").format(cols, REFS_TABLE, sql.Identifier(ref.column)),
+                               (masks[_ref_key_columns(ref)],)).fetchall()
+            alone = conn.execute(sql.SQL("SELECT {}, load_file_id, min(row_number) FROM stg.appointments "
+                                         "WHERE load_file_id = ANY(%s) AND {} IS NOT NULL GROUP BY {}, load_file_id "
+                                         "ORDER BY 1, 2, 3, 4").format(cols, sql.Identifier(ref.column), cols),
+                                 (files,)).fetchall()
+            assert got == alone, ref.column
+            assert got, ref.column
+        patients = {r[0] for r in conn.execute(sql.SQL("SELECT patient_id FROM {} WHERE g = %s AND patient_id "
+                                                       "IS NOT NULL").format(REFS_TABLE),
+                                               (masks[("patient_id", "practice_id", "per_org_id")],))}
+        assert patients == {5, 6}
+        conn.rollback()
 
 
 def test_dimension_rows_naming_no_ledger_file_are_counted(pipeline_settings):
