@@ -8,7 +8,6 @@ import statistics
 import time
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -93,7 +92,7 @@ def write_copy_text(spec, record, source: Path, out: Path) -> int:
     from worker.io.indici_reader import IndiciReader, iter_file_chunks
     from worker.pipeline.land import lineage_prefix
 
-    prefix = lineage_prefix(record, "0" * 64, datetime.now(timezone.utc))
+    prefix = lineage_prefix(record, "0" * 64)
     reader = IndiciReader(iter_file_chunks(source), spec.field_count)
     written = 0
     with out.open("wb") as fh:

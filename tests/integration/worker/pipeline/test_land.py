@@ -69,6 +69,10 @@ def test_published_sample_lands_byte_for_byte_with_lineage(pipeline_settings):
         "SELECT status, rows_read, rows_raw, rows_staged, rows_rejected, encoding FROM etl.load_run_files",
     )
     assert ledger_row == [("merged", 2, 2, 2, 0, "utf-16-le")]
+    # the load time: the landing transaction's start (raw.landed_at's default), the same in raw and ledger
+    assert query(pipeline_settings, "SELECT DISTINCT r.landed_at = f.landed_at, r.landed_at <= f.staged_at "
+                                    "FROM raw.patients_raw r JOIN etl.load_run_files f ON f.file_id = r.load_file_id"
+                 ) == [(True, True)]
 
 
 def test_values_that_look_like_other_types_survive(pipeline_settings):

@@ -8,12 +8,17 @@ from hypothesis import strategies as st
 
 from contracts.registry import get as get_spec
 from worker.io.indici_reader import IndiciReader, encode_rows
-from worker.pipeline.land import copy_columns
+from worker.pipeline.land import LINEAGE_PREFIX_COLUMNS, copy_columns
 from worker.pipeline.typing_engine.engine import ROW_NUMBER
 from worker.pipeline.typing_engine.stage import copy_text_batch
 
 SPEC = get_spec("Appointments")
-PREFIX = "7\tbucket\tkey\\\\with\\\\backslash\tv1\th\t2025-08-12 08:50:00\tF\t685146\t535\t3\t2025-08-12\t"
+# The constant lineage columns raw landing writes before the row number (escaped COPY text).
+LINEAGE_VALUES = {"load_file_id": "7", "s3_bucket": "bucket", "s3_key": "key\\\\with\\\\backslash", "s3_version_id": "v1",
+                  "file_hash": "h", "date_extracted": "2025-08-12 08:50:00", "extract_type": "F",
+                  "file_per_org_id": "685146", "file_practice_id": "535", "load_run_id": "3",
+                  "landed_at": "2025-08-12"}
+PREFIX = "".join(LINEAGE_VALUES[c] + "\t" for c in LINEAGE_PREFIX_COLUMNS)
 # What COPY text escapes, what looks like an escape or a NULL, the format's own characters and a macron.
 ALPHABET = st.sampled_from(["a", "Z", "0", " ", "\\", "t", "n", "r", "N", "\t", "\n", "\r", '"', "'", ",", "|",
                             "^", "~", "ā", "\u2028", "."])
