@@ -14,8 +14,8 @@ from worker.pipeline.typing_engine.stage import copy_text_batch
 
 SPEC = get_spec("Appointments")
 # The constant lineage columns raw landing writes before the row number (escaped COPY text).
-LINEAGE_VALUES = {"load_file_id": "7", "s3_bucket": "bucket", "s3_key": "key\\\\with\\\\backslash", "s3_version_id": "v1",
-                  "file_hash": "h", "date_extracted": "2025-08-12 08:50:00", "extract_type": "F",
+LINEAGE_VALUES = {"load_file_id": "7", "s3_bucket": "bucket", "s3_key": "key\\\\with\\\\backslash",
+                  "s3_version_id": "v1", "file_hash": "h", "date_extracted": "2025-08-12 08:50:00", "extract_type": "F",
                   "file_per_org_id": "685146", "file_practice_id": "535", "load_run_id": "3",
                   "landed_at": "2025-08-12"}
 PREFIX = "".join(LINEAGE_VALUES[c] + "\t" for c in LINEAGE_PREFIX_COLUMNS)
