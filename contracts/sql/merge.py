@@ -88,6 +88,7 @@ INCOMING_TABLE = sql.Identifier("merge_incoming")
 FAST_TABLE = sql.Identifier("merge_fast")
 HELD_TABLE = sql.Identifier("merge_held")  # a bulk fact merge: the natural keys the fact held before it
 REFS_TABLE = sql.Identifier("merge_refs")  # a fact merge: its files' referenced keys, one row per (key, file)
+NEWEST_TABLE = sql.Identifier("merge_newest")  # a fact merge of several files: the newest version's row per key
 
 _TZ = sql.Literal(SOURCE_TIME_ZONE)
 
@@ -670,8 +671,8 @@ WHERE {on_a} AND NOT EXISTS (SELECT 1 FROM {desired} x WHERE {on_x} AND x.effect
 
 
 def drop_temp_statement() -> sql.Composable:
-    return sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}").format(
-        NHI_TABLE, AFFECTED_TABLE, DESIRED_TABLE, INCOMING_TABLE, FAST_TABLE, HELD_TABLE, REFS_TABLE)
+    return sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}").format(
+        NHI_TABLE, AFFECTED_TABLE, DESIRED_TABLE, INCOMING_TABLE, FAST_TABLE, HELD_TABLE, REFS_TABLE, NEWEST_TABLE)
 
 
 # -- facts ---------------------------------------------------------------------------------------------
@@ -823,15 +824,34 @@ def held_keys_statements(spec: ExtractSpec) -> list[sql.Composable]:
     ]
 
 
+def fact_newest_statements(spec: ExtractSpec) -> list[sql.Composable]:
+    """merge_newest := per natural key of the files being merged, the (load_file_id, row_number) of its
+    newest version (VERSION_ORDER), with statistics. A table, not a subquery: joined back to stg as a
+    DISTINCT ON subquery, the planner could not tell how many rows it keeps (8 files of 100k
+    Appointments: 4,000 estimated, 800,000 kept) and resolved the references by 1.6M index probes
+    instead of hash joins (the fact upsert step 26.0 s; with the table, hash joins: 16.8 s, one run each)."""
+    nk = spec.natural_key
+    return [
+        sql.SQL("DROP TABLE IF EXISTS {}").format(NEWEST_TABLE),
+        sql.SQL(
+            "CREATE TEMP TABLE {newest} AS SELECT DISTINCT ON ({nk_w}) w.load_file_id, w.row_number FROM {stg} w "
+            "WHERE w.load_file_id = ANY(%(files)s) "
+            "ORDER BY {nk_w}, w.date_extracted DESC, w.date_to DESC, w.row_number DESC, w.file_hash DESC"
+        ).format(newest=NEWEST_TABLE, nk_w=_ids(nk, "w"), stg=stg_table(spec)),
+        sql.SQL("ANALYZE {}").format(NEWEST_TABLE),
+    ]
+
+
 def fact_upsert_statement(spec: ExtractSpec, specs: dict[str, ExtractSpec], dedupe: bool = True,
                           keys: str = UPSERT) -> sql.Composable:
     """Newest version per key of the files being merged; an older version never overwrites a newer one.
     Returns one row: (inserted, updated, then per relation of `relations(spec)` its orphan count among
     the rows written).
 
-    `dedupe`: several files may hold the same key, so the newest version per key is chosen first, by a
-    sort of the narrow (key, order, row id) tuples only, joined back to the rows by stg's primary key.
-    Without it (one file: stg holds a key once per file) there is no sort at all.
+    `dedupe`: several files may hold the same key, so the newest version per key is chosen first
+    (merge_newest, fact_newest_statements: a sort of the narrow (key, order, row id) tuples only), joined
+    back to the rows by stg's (load_file_id, row_number). Without it (one file: stg holds a key once per
+    file) there is no sort at all.
 
     `keys`: UPSERT, every row through INSERT .. ON CONFLICT (a nightly batch into a larger fact). A bulk
     load (the batch larger than the fact) writes the same rows without a conflict check per row: into
@@ -861,11 +881,9 @@ def fact_upsert_statement(spec: ExtractSpec, specs: dict[str, ExtractSpec], dedu
     settable = [c for c in cols if c not in nk]
     if dedupe:
         source = sql.SQL(
-            """SELECT s.* FROM {stg} s JOIN (
-            SELECT DISTINCT ON ({nk_w}) w.load_file_id, w.row_number FROM {stg} w WHERE w.load_file_id = ANY(%(files)s)
-            ORDER BY {nk_w}, w.date_extracted DESC, w.date_to DESC, w.row_number DESC, w.file_hash DESC
-        ) w ON s.load_file_id = w.load_file_id AND s.row_number = w.row_number"""
-        ).format(stg=stg_table(spec), nk_w=_ids(nk, "w"))
+            "SELECT s.* FROM {stg} s JOIN {newest} w ON s.load_file_id = w.load_file_id AND s.row_number = w.row_number "
+            "WHERE s.load_file_id = ANY(%(files)s)"
+        ).format(stg=stg_table(spec), newest=NEWEST_TABLE)
     else:
         source = sql.SQL("SELECT s.* FROM {stg} s WHERE s.load_file_id = ANY(%(files)s)").format(stg=stg_table(spec))
     returned = sorted({*(r.column for r in refs), *(r.fk for r in refs), "date_key", "load_file_id"})

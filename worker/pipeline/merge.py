@@ -137,6 +137,7 @@ def _fact_statements(extract: str) -> dict[str, Any]:
         "range": M.fact_date_range_statement(spec),
         "refs": M.inferred_refs_statements(spec, specs),
         "inferred": M.inferred_statements(spec, specs),
+        "newest": M.fact_newest_statements(spec),
         "upsert": {dedupe: M.fact_upsert_statement(spec, specs, dedupe) for dedupe in (False, True)},
         "bulk": {(dedupe, keys): M.fact_upsert_statement(spec, specs, dedupe, keys)
                  for dedupe in (False, True) for keys in (M.EXISTING_KEYS, M.NEW_KEYS, M.INSERT_ONLY)},
@@ -344,6 +345,9 @@ def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, re
     t = time.monotonic()
     # One file holds a key once (stg's unique (load_file_id, <nk>)): no newest-version sort needed.
     several = len(params["files"]) > 1
+    if several:
+        for statement in st["newest"]:
+            conn.execute(statement, params)
     held = _bulk_load(conn, spec, params, settings)
     if held is None:
         statements = [st["upsert"][several]]
