@@ -149,7 +149,8 @@ def write_plain_copy_text(spec, source: Path, out: Path) -> int:
 
 def bare_copy_seconds(conn, spec, copy_file: Path, plain: bool = False) -> float:
     """Baseline: Postgres COPY of `copy_file` into an all-text table without index or keys (what Postgres
-    alone costs); the table is dropped. The table is shaped like the extract's raw table for the lines of
+    alone costs); the table is dropped. The table is shaped like the extract's raw table (with its
+    defaults: landed_at, which raw landing does not send, is now() as there) for the lines of
     write_copy_text, or (`plain`) as row number + the contract's columns for write_plain_copy_text."""
     from contracts import naming
 
@@ -162,7 +163,7 @@ def bare_copy_seconds(conn, spec, copy_file: Path, plain: bool = False) -> float
         from worker.pipeline.land import copy_columns
 
         columns = copy_columns(spec)
-        conn.execute(sql.SQL("CREATE TABLE public.bench_all_text (LIKE {})").format(
+        conn.execute(sql.SQL("CREATE TABLE public.bench_all_text (LIKE {} INCLUDING DEFAULTS)").format(
             sql.Identifier(naming.RAW, naming.raw_table(spec))))
     conn.commit()
     statement = sql.SQL("COPY public.bench_all_text ({}) FROM STDIN").format(
