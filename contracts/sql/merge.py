@@ -829,7 +829,9 @@ def fact_newest_statements(spec: ExtractSpec) -> list[sql.Composable]:
     newest version (VERSION_ORDER), with statistics. A table, not a subquery: joined back to stg as a
     DISTINCT ON subquery, the planner could not tell how many rows it keeps (8 files of 100k
     Appointments: 4,000 estimated, 800,000 kept) and resolved the references by 1.6M index probes
-    instead of hash joins (the fact upsert step 26.0 s; with the table, hash joins: 16.8 s, one run each)."""
+    instead of hash joins (the fact upsert step 26.0 s; with the table, hash joins: 16.8 s, one run each). Without
+    stg's statistics the planner still misjudges the join to stg: a bulk load also turns nested loops off
+    (worker/pipeline/merge.py _merge_fact)."""
     nk = spec.natural_key
     return [
         sql.SQL("DROP TABLE IF EXISTS {}").format(NEWEST_TABLE),
@@ -881,8 +883,9 @@ def fact_upsert_statement(spec: ExtractSpec, specs: dict[str, ExtractSpec], dedu
     settable = [c for c in cols if c not in nk]
     if dedupe:
         source = sql.SQL(
-            "SELECT s.* FROM {stg} s JOIN {newest} w ON s.load_file_id = w.load_file_id AND s.row_number = w.row_number "
-            "WHERE s.load_file_id = ANY(%(files)s)"
+            # No filter on s beside the join: w holds rows of the merged files only, and s's primary key
+            # then tells the planner the join keeps w's (exact) row count, with or without stg's statistics.
+            "SELECT s.* FROM {newest} w JOIN {stg} s ON s.load_file_id = w.load_file_id AND s.row_number = w.row_number"
         ).format(stg=stg_table(spec), newest=NEWEST_TABLE)
     else:
         source = sql.SQL("SELECT s.* FROM {stg} s WHERE s.load_file_id = ANY(%(files)s)").format(stg=stg_table(spec))
