@@ -355,8 +355,10 @@ def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, re
         # A bulk load resolves every reference of a batch larger than the fact: hash joins to the
         # dimensions always. Right after the files were staged stg may have no statistics, and the planner
         # then took the batch for a few thousand rows and resolved 800k rows by index probes per row and
-        # dimension (8 x 100k Appointments: the upsert 17-22 s; hash joins: about 11 s). Its version
-        # look-ups are subplans, which this does not touch. (SET LOCAL: until the merge's transaction ends.)
+        # dimension (8 x 100k Appointments: the upsert 17-22 s; by hash joins 14-16 s). Its version
+        # look-ups are subplans, which this does not touch. Restored after the upsert: the next extract of
+        # the same transaction (merge_run) plans as usual.
+        nestloop = conn.execute("SELECT current_setting('enable_nestloop')").fetchone()
         conn.execute("SET LOCAL enable_nestloop = off")
         conn.execute(_LOOKUP_INDEXES, (spec.core.table, False))
         if held == 0:
@@ -376,6 +378,8 @@ def _merge_fact(conn, spec: ExtractSpec, key: ActiveKey | None, params: dict, re
             result.orphans[rel.name] += int(n)
     result.timed("upsert", t)
     if held is not None:
+        assert nestloop is not None
+        conn.execute("SELECT set_config('enable_nestloop', %s, true)", (nestloop[0],))
         t = time.monotonic()
         conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
         conn.execute(_LOOKUP_INDEXES, (spec.core.table, True))

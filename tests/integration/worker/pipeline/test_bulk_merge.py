@@ -96,3 +96,24 @@ def test_only_the_writer_runs_the_index_function_and_only_on_facts(pipeline_sett
         assert owner == r.owner and writer and not reader
         with pytest.raises(psycopg.errors.RaiseException, match="not a fact of the contracts: dim_patient"):
             conn.execute("SELECT etl.set_fact_lookup_indexes('dim_patient', false)")
+
+
+def test_a_bulk_merge_plans_hash_joins_then_gives_the_planner_back(pipeline_settings):
+    """A bulk load turns nested loops off for its upsert (stg may have no statistics yet) and restores
+    the setting after, so the next extract merged in the same transaction plans as usual."""
+    from contracts.registry import get as get_spec
+    from tests.integration.worker.pipeline.test_lean_merge import _stage_only
+    from worker.io.db import connect
+    from worker.pipeline.merge import merge_extract
+
+    s = pipeline_settings.model_copy(update={"bulk_index_rebuild_rows": 1})
+    put_rows(s, "Appointments", [appointment(10, 1, T1), appointment(11, 2, T1)], T1)
+    _stage_only(s, T1.date())
+    with connect(s) as conn:
+        files = [r[0] for r in conn.execute("SELECT file_id FROM etl.load_run_files WHERE extract = 'Appointments'")]
+        before = conn.execute("SELECT current_setting('enable_nestloop')").fetchone()
+        result = merge_extract(conn, get_spec("Appointments"), files, s)
+        after = conn.execute("SELECT current_setting('enable_nestloop')").fetchone()
+        conn.rollback()
+    assert result.bulk == "insert" and result.inserted == 2
+    assert before == after == ("on",)
