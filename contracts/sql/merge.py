@@ -837,9 +837,9 @@ def fact_newest_statements(spec: ExtractSpec) -> list[sql.Composable]:
         sql.SQL("DROP TABLE IF EXISTS {}").format(NEWEST_TABLE),
         sql.SQL(
             "CREATE TEMP TABLE {newest} AS SELECT DISTINCT ON ({nk_w}) w.load_file_id, w.row_number FROM {stg} w "
-            "WHERE w.load_file_id = ANY(%(files)s) "
-            "ORDER BY {nk_w}, w.date_extracted DESC, w.date_to DESC, w.row_number DESC, w.file_hash DESC"
-        ).format(newest=NEWEST_TABLE, nk_w=_ids(nk, "w"), stg=stg_table(spec)),
+            "WHERE w.load_file_id = ANY(%(files)s) ORDER BY {nk_w}, {newest_first}"
+        ).format(newest=NEWEST_TABLE, nk_w=_ids(nk, "w"), stg=stg_table(spec),
+                 newest_first=sql.SQL(", ").join(sql.SQL("w.{} DESC").format(sql.Identifier(c)) for c in VERSION_ORDER)),
         sql.SQL("ANALYZE {}").format(NEWEST_TABLE),
     ]
 
