@@ -1,6 +1,6 @@
 """Typing benchmark: the typing engine alone (no Postgres), on the COPY text raw landing writes.
 
-    python -m bench.typing --rows 300000 --repeats 3 [--extract Appointments] [--read-mib 8]
+    python -m bench.typing --rows 300000 --repeats 3 [--extract Appointments] [--read-mib M]
 
 Set-up (not timed): a generated file of the extract, turned into the COPY text lines the landing sends
 to raw (lineage included). Timed: what staging in the landing's pass does with those lines, block by
@@ -55,9 +55,11 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--extract", default="Appointments")
-    parser.add_argument("--read-mib", type=float, default=stage.READ_BYTES / (1 << 20))
+    parser.add_argument("--read-mib", type=float, default=None,
+                        help="MiB of text typed at a time (default: the engine's block_bytes for the extract)")
     args = parser.parse_args()
     spec = get_spec(args.extract)
+    read_bytes = stage.block_bytes(spec) if args.read_mib is None else int(args.read_mib * (1 << 20))
     with tempfile.TemporaryDirectory(prefix="indici-bench-typing-") as tmp:
         child = multiprocessing.get_context("spawn").Process(target=_prepare, args=(spec.extract, args.rows, tmp))
         child.start()
@@ -73,7 +75,7 @@ def main() -> int:
             started = time.perf_counter()
             rows = stage._TypedRows(spec, record, engine, None, sha.update)
             with copy_file.open("rb") as fh:
-                for batch in stage._copy_text_batches(fh, copy_columns(spec), spec, int(args.read_mib * (1 << 20))):
+                for batch in stage._copy_text_batches(fh, copy_columns(spec), spec, read_bytes):
                     rows.feed(batch)
             rows.end()
             rows.close()

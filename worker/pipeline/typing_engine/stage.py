@@ -13,7 +13,7 @@ On the file's own connection and transaction (the caller's):
    Should stg's unique (load_file_id, natural key) constraint fail, the savepoint is rolled back and
    the key pass runs: the natural-key columns (a narrow COPY) are typed and hashed, and hashes seen
    more than once mark the rows that may be superseded; then the pass runs again.
-3. The pass, block by block (READ_BYTES of CSV, about 10k rows): the engine types the block; kept rows
+3. The pass, block by block (`block_bytes` of CSV, about 5,000 rows): the engine types the block; kept rows
    go straight into `COPY stg.<t> ... FROM STDIN (FORMAT binary)` (pgpq), sent by a writer thread
    while the next block is typed; rejects are encoded into a second spool; rows whose key hash repeats
    are held back.
@@ -26,6 +26,7 @@ rows; never the whole file as Python objects.
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import tempfile
@@ -51,12 +52,23 @@ from contracts.types import ContractType
 from worker.io.copy_writer import BoundedQueuedWriter
 from worker.pipeline.typing_engine.engine import ROW_NUMBER, DqCounts, TypedBlock, TypingEngine
 
-# The engine types blocks of READ_BYTES of CSV (about 10k rows of a 64-column extract): large enough
-# that the per-call overhead of ~1,000 compute calls a block is small, small enough for a flat memory.
-# Arrow's CSV reader parses each block in CSV_BLOCK_BYTES pieces (fastest for it).
+# The engine types blocks of about 5,000 rows: large enough that the per-call overhead of the compute
+# calls (a fixed number per column and block) is small, small enough for a flat memory. The calls grow
+# with the columns and so do the bytes of a row, so a block's bytes follow the extract's width
+# (block_bytes): 4 MiB for Appointments' 64 columns, 8 MiB (READ_BYTES, the most) for Patients' 220.
+# Measured with `python -m bench.typing --rows 300000 --repeats 3 --read-mib M` (Appointments): 4 MiB
+# 2.69 s and a peak RSS of 245 MB, 8 MiB 2.75 s and 292 MB; Patients (100k rows): 4 MiB 2.57 s, 8 MiB
+# 2.20 s. Arrow's CSV reader parses each block in CSV_BLOCK_BYTES pieces (fastest for it).
 READ_BYTES = 8 << 20
+MIN_READ_BYTES = 4 << 20
+READ_BYTES_PER_COLUMN = 64 << 10
 CSV_BLOCK_BYTES = 4 << 20
 _COPY_READ = 1 << 20
+
+
+def block_bytes(spec: ExtractSpec) -> int:
+    """The bytes of text the engine types at a time for this extract (about 5,000 rows)."""
+    return min(READ_BYTES, max(MIN_READ_BYTES, READ_BYTES_PER_COLUMN * len(spec.columns)))
 
 
 @dataclass
@@ -201,7 +213,7 @@ def _record_end(buf: bytes) -> int:
     return 0
 
 
-def _batches(chunks: Iterable[bytes], columns: list[str], read_bytes: int = READ_BYTES) -> Iterator[pa.Table]:
+def _batches(chunks: Iterable[bytes], columns: list[str], read_bytes: int) -> Iterator[pa.Table]:
     """The CSV chunks as tables of about `read_bytes` each, parsed by Arrow in 4 MiB blocks on this
     thread (the other core is Postgres'; threads also cost memory). Cut at record ends: Arrow's
     streaming reader reads a Python file ahead without limit."""
@@ -293,10 +305,11 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
     laps = _Laps()
     lap = laps.lap
     expected = getattr(record, "rows_raw", None)
+    block = block_bytes(spec)
     with tempfile.TemporaryFile(prefix="indici-stage-") as spool:
 
         def spooled() -> Iterator[pa.Table]:
-            return _batches(_spool_chunks(spool, READ_BYTES), columns)
+            return _batches(_spool_chunks(spool, block), columns, block)
 
         try:
             if isinstance(expected, int) and expected > 0:
@@ -304,7 +317,8 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                 stream = _RawStream(conn, _raw_statement(spec, record.file_id, columns), spool)
                 try:
                     with conn.transaction():
-                        result = _pass(conn, spec, record, engine, _batches(stream.chunks(), columns), None, lap)
+                        result = _pass(conn, spec, record, engine, _batches(stream.chunks(), columns, block), None,
+                                       lap)
                         if stream.rows != expected:
                             raise _NotAllVisible(stream.rows)
                 finally:
@@ -589,23 +603,25 @@ def _unescape_copy_text(values: pa.Array) -> pa.Array:
     return pc.replace_substring(out, _ESCAPE_PLACEHOLDER, "\\")
 
 
-def copy_text_batch(data: bytes, line_columns: list[str], spec: ExtractSpec) -> pa.Table:
+def copy_text_batch(data: bytes | bytearray, line_columns: list[str], spec: ExtractSpec,
+                    end: int | None = None) -> pa.Table:
     """Complete COPY text lines (as raw landing sends them: the lineage columns, row_number, the fields)
     as the table the engine types: row_number and the fields, exactly the text raw stores. COPY text has
     no quoting and no raw tab or LF inside a value, so Arrow splits it on tabs and lines with quoting
-    off; values holding an escape (rare) are unescaped."""
+    off; values holding an escape (rare) are unescaped. `end`: the lines are data[:end] (read in place)."""
+    end = len(data) if end is None else end
     fields = spec.column_names
     types = {c: pa.string() for c in fields}
     types[ROW_NUMBER] = pa.int64()
     table = pacsv.read_csv(
-        pa.py_buffer(data),
+        pa.py_buffer(data).slice(0, end),
         read_options=pacsv.ReadOptions(column_names=line_columns, block_size=CSV_BLOCK_BYTES, use_threads=False),
         parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
                                          newlines_in_values=False, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types=types, include_columns=[ROW_NUMBER, *fields],
                                              strings_can_be_null=False, check_utf8=False),
     )
-    escaped = b"\\" in data  # one scan of the block (a C memchr); a field holding an escape is rare
+    escaped = data.find(b"\\", 0, end) >= 0  # one scan of the block (a C memchr); an escape is rare
     columns = []
     for name in table.column_names:
         column = table.column(name).combine_chunks()
@@ -615,18 +631,25 @@ def copy_text_batch(data: bytes, line_columns: list[str], spec: ExtractSpec) -> 
     return pa.Table.from_arrays(columns, names=table.column_names)
 
 
-def _copy_text_batches(spool: IO[bytes], line_columns: list[str], spec: ExtractSpec,
-                       read_bytes: int = READ_BYTES) -> Iterator[pa.Table]:
+def _copy_text_batches(spool: io.BufferedIOBase, line_columns: list[str], spec: ExtractSpec,
+                       read_bytes: int) -> Iterator[pa.Table]:
     """The spooled COPY text lines as tables of about `read_bytes` (cut after a line: in COPY text an LF
-    always ends a line)."""
+    always ends a line). Each block is read into one new buffer, the previous block's unfinished line
+    first, and parsed in place: slicing and concatenating bytes made two more copies of every block,
+    which the allocator kept (about 16 MiB of the typing's peak RSS at 8 MiB blocks)."""
     spool.seek(0)
     carry = b""
-    while data := spool.read(read_bytes):
-        data = carry + data
-        cut = data.rfind(b"\n") + 1
-        carry = data[cut:]
+    while True:
+        buf = bytearray(len(carry) + read_bytes)
+        buf[: len(carry)] = carry
+        read = spool.readinto(memoryview(buf)[len(carry):])
+        if not read:
+            break
+        end = len(carry) + read
+        cut = buf.rfind(b"\n", 0, end) + 1
+        carry = bytes(buf[cut:end])  # a line longer than the block waits for the next read
         if cut:
-            yield copy_text_batch(data[:cut], line_columns, spec)
+            yield copy_text_batch(buf, line_columns, spec, cut)
     if carry:
         raise ValueError("the landing's spool ends inside a line")
 
@@ -643,7 +666,7 @@ class StagingTee:
         self.spec, self.record, self.line_columns = spec, record, line_columns
         self.engine = TypingEngine(spec, mapped_domains(conn, spec))  # UnsupportedContract: no tee
         self.error: BaseException | None = None
-        self._spool: IO[bytes] | None = tempfile.TemporaryFile(prefix="indici-land-")
+        self._spool: io.BufferedIOBase | None = tempfile.TemporaryFile(prefix="indici-land-")
 
     def feed(self, block: bytes) -> None:
         """One block of complete COPY lines, as raw landing sent it."""
@@ -675,7 +698,7 @@ class StagingTee:
         lap = laps.lap
 
         def batches() -> Iterator[pa.Table]:
-            return _copy_text_batches(spool, self.line_columns, self.spec)
+            return _copy_text_batches(spool, self.line_columns, self.spec, block_bytes(self.spec))
 
         try:
             try:

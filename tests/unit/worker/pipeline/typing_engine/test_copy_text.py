@@ -1,8 +1,12 @@
 """Staging while landing reads back the COPY text raw landing writes (typing_engine/stage.py:
-copy_text_batch): every field must come back exactly as the file holds it, whatever it contains."""
+copy_text_batch, _copy_text_batches): every field must come back exactly as the file holds it, whatever it
+contains, and however the spool is cut into blocks."""
 
 from __future__ import annotations
 
+import io
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,7 +14,7 @@ from contracts.registry import get as get_spec
 from worker.io.indici_reader import IndiciReader, encode_rows
 from worker.pipeline.land import LINEAGE_PREFIX_COLUMNS, copy_columns
 from worker.pipeline.typing_engine.engine import ROW_NUMBER
-from worker.pipeline.typing_engine.stage import copy_text_batch
+from worker.pipeline.typing_engine.stage import _copy_text_batches, block_bytes, copy_text_batch
 
 SPEC = get_spec("Appointments")
 # The constant lineage columns raw landing writes before the row number (escaped COPY text).
@@ -55,3 +59,32 @@ def test_escapes_are_undone_once_and_only_where_written():
     rows[1][:6] = ["\\t", "\\\\", "a\tb", "\\N", "end\\", "x\r\ny"]
     table = copy_text_batch(_lines(rows), copy_columns(SPEC), SPEC)
     assert _fields(table) == rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(field, min_size=SPEC.field_count, max_size=SPEC.field_count), min_size=1, max_size=6),
+       st.integers(min_value=1, max_value=400))
+def test_blocks_of_any_size_give_every_row_once_in_order(rows, read_bytes):
+    """Blocks cut lines anywhere, and a line may be longer than a block (it waits for the next read)."""
+    try:
+        data = _lines(rows)
+    except ValueError:
+        return
+    tables = list(_copy_text_batches(io.BytesIO(data), copy_columns(SPEC), SPEC, read_bytes))
+    assert [r for t in tables for r in t.column(ROW_NUMBER).to_pylist()] == list(range(1, len(rows) + 1))
+    assert [r for t in tables for r in _fields(t)] == rows
+    if read_bytes >= len(data):
+        assert len(tables) == 1
+
+
+def test_a_spool_that_ends_inside_a_line_is_an_error():
+    data = _lines([["x"] * SPEC.field_count] * 2)
+    with pytest.raises(ValueError, match="ends inside a line"):
+        list(_copy_text_batches(io.BytesIO(data[:-1]), copy_columns(SPEC), SPEC, 64))
+
+
+def test_a_wider_extract_types_larger_blocks_within_the_bounds():
+    sizes = [block_bytes(get_spec(name)) for name in ("Medicine", "Appointments", "Providers", "Patients")]
+    assert sizes == sorted(sizes)
+    assert sizes[0] == sizes[1] == 4 << 20  # the floor
+    assert sizes[1] < sizes[2] < sizes[3] == 8 << 20  # wider rows, larger blocks, up to the ceiling
