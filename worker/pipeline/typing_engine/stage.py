@@ -56,9 +56,11 @@ from worker.pipeline.typing_engine.engine import ROW_NUMBER, DqCounts, TypedBloc
 # calls (a fixed number per column and block) is small, small enough for a flat memory. The calls grow
 # with the columns and so do the bytes of a row, so a block's bytes follow the extract's width
 # (block_bytes): 4 MiB for Appointments' 64 columns, 8 MiB (READ_BYTES, the most) for Patients' 220.
-# Measured with `python -m bench.typing --rows 300000 --repeats 3 --read-mib M` (Appointments): 4 MiB
-# 2.69 s and a peak RSS of 245 MB, 8 MiB 2.75 s and 292 MB; Patients (100k rows): 4 MiB 2.57 s, 8 MiB
-# 2.20 s. Arrow's CSV reader parses each block in CSV_BLOCK_BYTES pieces (fastest for it).
+# Measured with `python -m bench.typing --rows R --repeats 3 --read-mib M`, medians: 1M Appointments
+# at 4 MiB 9.64 s with a peak RSS of 229 MB, at 6 MiB 8.93 s / 261 MB, at 8 MiB 8.92 s / 270 MB (300k: 2.69
+# s / 245 MB at 4 MiB, 2.75 s / 292 MB at 8); 100k Patients at 4 MiB 2.57 s, at 8 MiB 2.20 s. 4 MiB for
+# Appointments trades 0.7 s of typing per 1M rows for 40-50 MB less: it keeps a worker process under
+# 300 MB. Arrow's CSV reader parses each block in CSV_BLOCK_BYTES pieces (fastest for it).
 READ_BYTES = 8 << 20
 MIN_READ_BYTES = 4 << 20
 READ_BYTES_PER_COLUMN = 64 << 10
