@@ -423,6 +423,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds one run may take")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (bench/results)")
     p.add_argument("--verbose", action="store_true", help="print the CLI's per-file progress lines")
+    p.add_argument("--render", action="store_true",
+                   help="run nothing: write the markdown and the plot again from the JSON in --out (after a "
+                        "change to bench/report.py; the measurements and their commit stay as they were)")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = "20k"
@@ -450,6 +453,8 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.out, "e2e-quick" if args.quick else "e2e")
     command = "python -m bench.e2e " + " ".join(argv if argv is not None else sys.argv[1:])
     report: dict[str, Any] = {"meta": {
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command.strip(),
@@ -504,6 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     say(f"wrote {out_dir / (name + '.json')}, {name}.md and {name}.png")
+    return 0
+
+
+def render(out_dir: Path, name: str) -> int:
+    """The report's markdown and plot written again from its JSON, by the report code of this commit."""
+    report = json.loads((out_dir / f"{name}.json").read_text())
+    report["meta"]["rendered_at_commit"] = _commit()
+    _write(report, out_dir, name, partial=False)
+    say(f"rendered {out_dir / (name + '.md')} and {name}.png from {name}.json (measured at {report['meta']['commit']})")
     return 0
 
 

@@ -72,6 +72,35 @@ def speed_ratio(reference_seconds: float | None, seconds: float | None) -> float
     return reference_seconds / seconds
 
 
+def cpu_floor_seconds(cpu: dict[str, Any] | None, cpus: int) -> float | None:
+    """The least wall time the measured work could take on `cpus` cores: the run's CPU seconds (the
+    worker tree and the Postgres backends) spread over every core with no idle moment. The moto server's
+    CPU is left out, so the floor is a lower bound; a target beyond it needs less CPU, not more overlap."""
+    if not cpu or cpu.get("worker_s") is None or cpu.get("postgres_s") is None or cpus < 1:
+        return None
+    return (cpu["worker_s"] + cpu["postgres_s"]) / cpus
+
+
+def serial_floor_seconds(cpu: dict[str, Any] | None, cpus: int, serial_s: float | None) -> float | None:
+    """The CPU floor when `serial_s` of the run is one core's work that nothing else overlaps: the merge,
+    which runs after every file is staged (the chord's body, PRODUCT.md) in one transaction on one
+    backend. The rest of the CPU is spread over every core as in cpu_floor_seconds."""
+    if serial_s is None:
+        return None
+    floor = cpu_floor_seconds(cpu, cpus)
+    if floor is None:
+        return None
+    return serial_s + max(0.0, floor * cpus - serial_s) / cpus
+
+
+def median_cpu(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Median worker and Postgres CPU seconds over runs that recorded them (None when none did)."""
+    measured = [r["cpu"] for r in runs if r.get("cpu")]
+    if not measured:
+        return None
+    return {k: median(c.get(k) for c in measured) for k in ("worker_s", "postgres_s")}
+
+
 def per_second(amount: float, seconds: float | None) -> float | None:
     return amount / seconds if seconds else None
 
@@ -272,7 +301,10 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as markdown: sizes, stages, ledger marks, memory, multi-file, weekly, targets."""
     meta = report["meta"]
     out = [f"# End-to-end benchmark ({meta['started']})", "",
-           f"`{meta['command']}` on {meta['cpus']} CPUs, commit `{meta['commit']}`. Medians of the repeats "
+           f"`{meta['command']}` on {meta['cpus']} CPUs, commit `{meta['commit']}`"
+           + (f" (this page rendered from the JSON at `{meta['rendered_at_commit']}`)"
+              if meta.get("rendered_at_commit") else "")
+           + ". Medians of the repeats "
            "(runs in the JSON). Rows/s and MB/s of the source file (UTF-16LE as delivered); x COPY = bare COPY "
            "seconds / seconds (1.00x = as fast as COPY), x dlt = dlt seconds / seconds.", ""]
     sizes = report.get("sizes", [])
@@ -341,6 +373,28 @@ def markdown(report: dict[str, Any]) -> str:
                 "User + system CPU of the Celery worker's process tree and of the Postgres backends of the run's "
                 "database, beside the run's wall seconds (two cores: at most 2 CPU seconds per second).", "",
                 table(["size", "worker CPU s", "postgres CPU s", "wall s"], cpu_rows), ""]
+        cpus = int(meta.get("cpus") or 1)
+        floor_rows = []
+        for s in sizes:
+            floor = cpu_floor_seconds(s.get("cpu"), cpus)
+            copy = (s.get("copy") or {}).get("median")
+            used = None if floor is None else floor * cpus
+            serial = serial_floor_seconds(s.get("cpu"), cpus, (s.get("stages") or {}).get("merge"))
+            floor_rows.append([fmt_rows(s["rows"]), fmt(used, ".1f"), fmt(floor, ".1f"),
+                               fmt(speed_ratio(copy, floor), ".3f", "x"), fmt(serial, ".1f"),
+                               fmt(speed_ratio(copy, serial), ".3f", "x"),
+                               fmt((s.get("e2e") or {}).get("median"), ".1f"),
+                               fmt(None if copy is None else cpus * copy / TARGETS["e2e_vs_copy"], ".1f")])
+        out += ["### What the CPU allows", "",
+                f"The CPU floor is the run's CPU seconds (worker + Postgres, the table above) over the {cpus} cores: "
+                "the wall time with both cores busy every moment (moto's CPU left out, so a lower bound). "
+                "`best x COPY` is bare COPY over that floor: no overlap of the same work can do better. "
+                "The merge runs after the file is staged, in one transaction on one backend, so its seconds "
+                "overlap nothing: `with the merge serial` is the merge stage's seconds plus the rest of the CPU "
+                f"over the cores. `CPU s allowed` is what {TARGETS['e2e_vs_copy']:.2f}x COPY leaves ({cpus} x COPY "
+                f"seconds / {TARGETS['e2e_vs_copy']:.2f}) with perfect overlap.", "",
+                table(["size", "CPU s used", "CPU floor s", "best x COPY", "floor with the merge serial s",
+                       "best x COPY, merge serial", "wall s", "CPU s allowed"], floor_rows), ""]
     multi = report.get("multi_file")
     if multi:
         rows = [[f"{w} worker process{'es' if w != '1' else ''}", fmt(m.get("median")),
@@ -349,6 +403,21 @@ def markdown(report: dict[str, Any]) -> str:
         out += [f"## Multi-file batch: {multi['files']} Appointments files x {multi['rows_per_file']:,} rows", "",
                 table(["workers", "seconds", "rows/s", "runs"], rows), "",
                 f"Scaling (1 process / 2 processes): **{fmt(multi.get('scaling'), '.2f', 'x')}**", ""]
+        cpus = int(meta.get("cpus") or 1)
+        two_runs = [r for r in multi.get("runs", []) if str(r.get("workers")) == "2"]
+        two = median_cpu(two_runs)
+        floor = cpu_floor_seconds(two, cpus)
+        merge = median((r.get("stages") or {}).get("merge") for r in two_runs)
+        serial = serial_floor_seconds(two, cpus, merge)
+        one = (multi["workers"].get("1") or {}).get("median")
+        if floor is not None and one is not None:
+            line = (f"CPU floor of the 2-process runs: {fmt(floor, '.1f')} s ({fmt(floor * cpus, '.1f')} CPU s over "
+                    f"{cpus} cores), so at this CPU 2 processes could be at most "
+                    f"**{fmt(speed_ratio(one, floor), '.2f', 'x')}** one")
+            if serial is not None:
+                line += (f"; with their merge serial ({fmt(merge, '.1f')} s on one backend after every file is "
+                         f"staged) at most **{fmt(speed_ratio(one, serial), '.2f', 'x')}**")
+            out += [line + ".", ""]
     weekly = report.get("weekly")
     if weekly:
         rows = [[str(i + 1), f"{n:,}", fmt(m)] for i, (n, m) in enumerate(zip(weekly["rows"], weekly["merge_median"]))]

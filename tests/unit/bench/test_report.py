@@ -115,7 +115,12 @@ def _report() -> dict:
     report = {"meta": {"started": "now", "command": "python -m bench.e2e", "commit": "abc", "cpus": 2},
               "sizes": [size],
               "multi_file": {"files": 8, "rows_per_file": 1000, "rows": 8000, "scaling": 1.7,
-                             "workers": {"1": {"runs": [3.4], "median": 3.4}, "2": {"runs": [2.0], "median": 2.0}}},
+                             "workers": {"1": {"runs": [3.4], "median": 3.4}, "2": {"runs": [2.0], "median": 2.0}},
+                             "runs": [{"workers": 2, "cpu": {"worker_s": 1.0, "postgres_s": 1.0},
+                                       "stages": {"merge": 0.4}},
+                                      {"workers": 2, "cpu": {"worker_s": 2.2, "postgres_s": 1.0},
+                                       "stages": {"merge": 0.6}},
+                                      {"workers": 1, "cpu": {"worker_s": 9.0, "postgres_s": 9.0}}]},
               "weekly": {"weeks": 3, "rows": [100, 101, 102], "merge_median": [1.0, None, 1.1], "ratio": 1.1,
                          "ratio_per_row": 1.08, "source": "Celery merge_run task runtime"}}
     report["targets"] = R.target_checks(report)
@@ -140,6 +145,36 @@ def test_markdown_shows_medians_ratios_and_what_was_not_recorded() -> None:
     assert "| 1M | 9.5 | 7.2 | 11.0 |" in text  # CPU seconds of the worker tree and the backends, wall
     assert "**1.70x**" in text
     assert "| worker process RSS, largest at any size (MB) | 320.000 | <= 300 | **no** |" in text
+
+
+def test_cpu_floor_is_the_cpu_seconds_spread_over_every_core() -> None:
+    assert R.cpu_floor_seconds({"worker_s": 9.5, "postgres_s": 7.25}, 2) == 8.375
+    assert R.cpu_floor_seconds({"worker_s": 9.5, "postgres_s": None}, 2) is None
+    assert R.cpu_floor_seconds(None, 2) is None
+    assert R.median_cpu([{"cpu": {"worker_s": 1.0, "postgres_s": 4.0}}, {"cpu": None},
+                         {"cpu": {"worker_s": 3.0, "postgres_s": 2.0}}]) == {"worker_s": 2.0, "postgres_s": 3.0}
+    assert R.median_cpu([{"seconds": 1.0}]) is None
+
+
+def test_serial_floor_keeps_the_serial_part_on_one_core() -> None:
+    cpu = {"worker_s": 6.0, "postgres_s": 6.0}  # 12 CPU s
+    assert R.serial_floor_seconds(cpu, 2, 4.0) == 4.0 + 8.0 / 2
+    assert R.serial_floor_seconds(cpu, 2, 20.0) == 20.0  # more serial seconds than CPU: the serial part
+    assert R.serial_floor_seconds(cpu, 2, None) is None
+    assert R.serial_floor_seconds(None, 2, 4.0) is None
+
+
+def test_markdown_shows_what_the_cpu_allows() -> None:
+    text = R.markdown(_report())
+    # 9.5 + 7.25 = 16.75 CPU s on 2 cores: at least 8.375 s, so at best 4 s COPY / 8.375 s = 0.478x; the
+    # 0.30x target allows 2 x 4 s / 0.30 = 26.7 CPU s.
+    # the merge stage (5 s) overlaps nothing: 5 + (16.75 - 5) / 2 = 10.875 s, at best 4 / 10.875 = 0.368x
+    assert "| 1M | 16.8 | 8.4 | 0.478x | 10.9 | 0.368x | 11.0 | 26.7 |" in text
+    # the 2-process runs: median 1.6 + 1.0 CPU s over 2 cores = 1.3 s; one process took 3.4 s: 2.62x
+    assert "CPU floor of the 2-process runs: 1.3 s (2.6 CPU s over 2 cores)" in text
+    assert "**2.62x** one" in text
+    # their merge (median 0.5 s) overlaps nothing: 0.5 + (2.6 - 0.5) / 2 = 1.55 s; 3.4 / 1.55 = 2.19x
+    assert "with their merge serial (0.5 s on one backend after every file is staged) at most **2.19x**" in text
 
 
 def test_table_aligns_numbers_right() -> None:
