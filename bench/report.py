@@ -72,25 +72,28 @@ def speed_ratio(reference_seconds: float | None, seconds: float | None) -> float
     return reference_seconds / seconds
 
 
-def cpu_floor_seconds(cpu: dict[str, Any] | None, cpus: int) -> float | None:
-    """The least wall time the measured work could take on `cpus` cores: the run's CPU seconds (the
-    worker tree and the Postgres backends) spread over every core with no idle moment. The moto server's
-    CPU is left out, so the floor is a lower bound; a target beyond it needs less CPU, not more overlap."""
-    if not cpu or cpu.get("worker_s") is None or cpu.get("postgres_s") is None or cpus < 1:
+def cpu_seconds(cpu: dict[str, Any] | None) -> float | None:
+    """A run's CPU seconds: the worker tree's and the Postgres backends' (None unless both were measured)."""
+    if not cpu or cpu.get("worker_s") is None or cpu.get("postgres_s") is None:
         return None
-    return (cpu["worker_s"] + cpu["postgres_s"]) / cpus
+    return cpu["worker_s"] + cpu["postgres_s"]
+
+
+def cpu_floor_seconds(cpu: dict[str, Any] | None, cpus: int, serial_s: float = 0.0) -> float | None:
+    """The least wall time the measured work could take on `cpus` cores: the run's CPU seconds spread over
+    every core with no idle moment, except `serial_s`, one core's work that nothing else overlaps (the
+    merge, which runs after every file is staged, in one transaction on one backend: the chord's body,
+    PRODUCT.md). The moto server's CPU is left out, so the floor is a lower bound; a target beyond it
+    needs less CPU, not more overlap."""
+    total = cpu_seconds(cpu)
+    if total is None or cpus < 1:
+        return None
+    return serial_s + max(0.0, total - serial_s) / cpus
 
 
 def serial_floor_seconds(cpu: dict[str, Any] | None, cpus: int, serial_s: float | None) -> float | None:
-    """The CPU floor when `serial_s` of the run is one core's work that nothing else overlaps: the merge,
-    which runs after every file is staged (the chord's body, PRODUCT.md) in one transaction on one
-    backend. The rest of the CPU is spread over every core as in cpu_floor_seconds."""
-    if serial_s is None:
-        return None
-    floor = cpu_floor_seconds(cpu, cpus)
-    if floor is None:
-        return None
-    return serial_s + max(0.0, floor * cpus - serial_s) / cpus
+    """cpu_floor_seconds with `serial_s` seconds serial; None when the serial part was not recorded."""
+    return None if serial_s is None else cpu_floor_seconds(cpu, cpus, serial_s)
 
 
 def median_cpu(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -300,6 +303,7 @@ def _check(what: str, value: float | None, threshold: float, op: str) -> dict[st
 def markdown(report: dict[str, Any]) -> str:
     """The report as markdown: sizes, stages, ledger marks, memory, multi-file, weekly, targets."""
     meta = report["meta"]
+    cpus = int(meta.get("cpus") or 1)
     out = [f"# End-to-end benchmark ({meta['started']})", "",
            f"`{meta['command']}` on {meta['cpus']} CPUs, commit `{meta['commit']}`"
            + (f" (this page rendered from the JSON at `{meta['rendered_at_commit']}`)"
@@ -373,12 +377,11 @@ def markdown(report: dict[str, Any]) -> str:
                 "User + system CPU of the Celery worker's process tree and of the Postgres backends of the run's "
                 "database, beside the run's wall seconds (two cores: at most 2 CPU seconds per second).", "",
                 table(["size", "worker CPU s", "postgres CPU s", "wall s"], cpu_rows), ""]
-        cpus = int(meta.get("cpus") or 1)
         floor_rows = []
         for s in sizes:
             floor = cpu_floor_seconds(s.get("cpu"), cpus)
             copy = (s.get("copy") or {}).get("median")
-            used = None if floor is None else floor * cpus
+            used = cpu_seconds(s.get("cpu"))
             serial = serial_floor_seconds(s.get("cpu"), cpus, (s.get("stages") or {}).get("merge"))
             floor_rows.append([fmt_rows(s["rows"]), fmt(used, ".1f"), fmt(floor, ".1f"),
                                fmt(speed_ratio(copy, floor), ".3f", "x"), fmt(serial, ".1f"),
@@ -403,7 +406,6 @@ def markdown(report: dict[str, Any]) -> str:
         out += [f"## Multi-file batch: {multi['files']} Appointments files x {multi['rows_per_file']:,} rows", "",
                 table(["workers", "seconds", "rows/s", "runs"], rows), "",
                 f"Scaling (1 process / 2 processes): **{fmt(multi.get('scaling'), '.2f', 'x')}**", ""]
-        cpus = int(meta.get("cpus") or 1)
         two_runs = [r for r in multi.get("runs", []) if str(r.get("workers")) == "2"]
         two = median_cpu(two_runs)
         floor = cpu_floor_seconds(two, cpus)
@@ -411,8 +413,9 @@ def markdown(report: dict[str, Any]) -> str:
         serial = serial_floor_seconds(two, cpus, merge)
         one = (multi["workers"].get("1") or {}).get("median")
         if floor is not None and one is not None:
-            line = (f"CPU floor of the 2-process runs: {fmt(floor, '.1f')} s ({fmt(floor * cpus, '.1f')} CPU s over "
-                    f"{cpus} cores), so at this CPU 2 processes could be at most "
+            line = (f"CPU floor of the 2-process runs: {fmt(floor, '.1f')} s "
+                    f"({fmt(cpu_seconds(two), '.1f')} CPU s over {cpus} cores), so at this CPU 2 processes could "
+                    "be at most "
                     f"**{fmt(speed_ratio(one, floor), '.2f', 'x')}** one")
             if serial is not None:
                 line += (f"; with their merge serial ({fmt(merge, '.1f')} s on one backend after every file is "
