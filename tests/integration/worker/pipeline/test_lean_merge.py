@@ -90,6 +90,33 @@ def test_an_unresolvable_reference_fails_the_merge_with_a_clear_error(pipeline_s
     assert failed == [("patient_key", "core.fact_appointment.patient_key -> core.dim_patient.patient_key", 1, False)]
 
 
+def test_a_fact_on_a_day_missing_from_the_calendar_fails_the_merge(pipeline_settings):
+    """The calendar key is computed from the main date, not read from core.dim_date, so the upsert checks
+    that it names a day: a hole in the calendar (made by hand: a trigger that drops one day's insert)
+    fails the merge with the date relation counted, and nothing of the fact reaches core."""
+    s = pipeline_settings
+    url = s.database_url.get_secret_value()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION public.test_calendar_hole() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RETURN NULL; END $$")
+        conn.execute("GRANT EXECUTE ON FUNCTION public.test_calendar_hole() TO PUBLIC")
+        conn.execute("CREATE TRIGGER test_calendar_hole BEFORE INSERT ON core.dim_date FOR EACH ROW "
+                     "WHEN (NEW.date = DATE '2025-08-10') EXECUTE FUNCTION public.test_calendar_hole()")
+    try:
+        put_rows(s, "Appointments", [appointment(10, 1, T1), appointment(11, 1, T1 + timedelta(days=1))], T2)
+        summary = run(s, Selection(kind="backfill", date_from=T2.date(), date_to=T2.date()))
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER test_calendar_hole ON core.dim_date")
+            conn.execute("DROP FUNCTION public.test_calendar_hole()")
+    assert summary["status"] != "succeeded"
+    (error,), = q(s, "SELECT error FROM etl.load_runs WHERE load_run_id = %s", (summary["load_run_id"],))
+    assert "OrphanError" in error and "core.fact_appointment.date_key -> core.dim_date.date_key" in error
+    assert q(s, "SELECT count(*) FROM core.fact_appointment") == [(0,)]
+    failed = [r for r in _orphan_rows(s, "Appointments") if not r[3]]
+    assert failed == [("date_key", "core.fact_appointment.date_key -> core.dim_date.date_key", 1, False)]
+
+
 def test_a_dimension_merge_that_would_orphan_a_fact_fails(pipeline_settings):
     """A fact pointing at a version the recomputed history drops (made by hand: a stray version of
     patient 1 that a fact of patient 2 names) is counted before the delete and fails the merge."""
