@@ -26,6 +26,7 @@ from contracts.model import ColumnSpec, ExtractSpec, Severity
 from contracts.sql.staging import ROW_TEXT_SEPARATOR
 from contracts.types import ContractType, rule_for
 from worker.pipeline.typing_engine.columns import ARROW_TYPES, DATE_TYPES, Checked, check_column
+from worker.pipeline.typing_engine.memory import use_typing_pool
 
 ROW_NUMBER = "row_number"
 # At most this many columns are checked together (TypingEngine._check_columns): as fast as whole types
@@ -108,6 +109,7 @@ class TypingEngine:
         for key in spec.natural_key:
             if spec.column(key).type not in (ContractType.BIGINT, ContractType.INTEGER):
                 raise UnsupportedContract(f"{spec.extract}: natural key {key} is not an integer column")
+        use_typing_pool()
         self.spec = spec
         mapped_domains = mapped_domains or {}
         # mapped_domains: the mapped values of each domain (worker/pipeline/typing_engine/stage.py).
