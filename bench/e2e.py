@@ -357,6 +357,12 @@ def weekly_files(weeks: int, patients: int, folder: Path, seed: int = 11) -> lis
     return out
 
 
+def _largest(values) -> float | None:
+    """The largest of the measured values (None when a run measured none)."""
+    measured = [v for v in values if v is not None]
+    return max(measured) if measured else None
+
+
 def bench_weekly(bench: Bench) -> dict[str, Any]:
     weeks, patients = bench.args.weeks, bench.args.patients
     repeats = R.default_repeats(patients, bench.args.repeats if bench.args.repeats is not None
@@ -365,6 +371,7 @@ def bench_weekly(bench: Bench) -> dict[str, Any]:
     files = weekly_files(weeks, patients, bench.work / "weekly")
     merge: list[list[float | None]] = []
     e2e: list[list[float]] = []
+    rss: list[list[float | None]] = []  # the busiest worker pool process of each week's run
     for r in range(repeats):
         database = bench.dbs.fresh(f"w{r}")
         bucket = bench.moto.new_bucket(f"bench-weekly-{r}")
@@ -375,12 +382,14 @@ def bench_weekly(bench: Bench) -> dict[str, Any]:
             try:
                 merge.append([])
                 e2e.append([])
+                rss.append([])
                 for week, (path, day, rows) in enumerate(files, start=1):
                     s3.upload_file(str(path), bucket, path.name)
                     result = measure_run(bench, target, worker, day, rows,
                                          f"weekly run {r + 1}/{repeats} week {week}/{weeks}")
                     merge[-1].append(result["stages"].get("merge"))
                     e2e[-1].append(result["seconds"])
+                    rss[-1].append((result.get("rss") or {}).get("worker_child_mb"))
             finally:
                 worker.stop()
         finally:
@@ -398,6 +407,7 @@ def bench_weekly(bench: Bench) -> dict[str, Any]:
             "source": "Celery merge task runtimes",
             "merge_runs": merge, "merge_median": [None if m is None else round(m, 4) for m in merge_median],
             "e2e_median": [R.median(run[w] for run in e2e) for w in range(weeks)],
+            "worker_child_mb": [_largest(run[w] for run in rss) for w in range(weeks)],
             "ratio": ratio,
             "ratio_per_row": (ratio * week_rows[0] / week_rows[-1]) if ratio else None}
 
