@@ -9,7 +9,10 @@ short decay.
 stage.py's encoding in slices): 100k Patients 276-279 MB -> 259-266 MB at 5.70/7.39 s -> 5.70/7.42 s,
 the same stg bytes. 300k Appointments, before both changes (whole-block encoding, mimalloc) 247 MB, after
 both 225-227 MB, the same stg bytes (times too noisy that hour to compare).
-So a process that types uses jemalloc where this pyarrow has it.
+Against 0c2bbca (whole blocks, mimalloc), interleaved, two rounds: 100k Patients 292-294 MB -> 260 MB,
+5.43/5.39 s -> 5.91/6.22 s. The wide extract may type up to 10-15% slower; this hour's noise (the same
+code's runs differ by more) did not let me tell. So a process that types uses jemalloc where this
+pyarrow has it: the memory is the budget a worker is sized by.
 
 ARROW_DEFAULT_MEMORY_POOL, Arrow's own setting, still wins: an operator who sets it gets that pool.
 """

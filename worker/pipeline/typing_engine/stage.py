@@ -67,9 +67,10 @@ READ_BYTES_PER_COLUMN = 64 << 10
 CSV_BLOCK_BYTES = 4 << 20
 # Kept rows are encoded for stg's binary COPY in slices of about this much Arrow data (_encode_slices).
 # `python -m bench.typing --rows 100000 --extract Patients` (220 columns, 8 MiB blocks), peak RSS of the
-# typing process, two runs each: a block encoded at once 300-301 MB, in 1 MiB slices 276-279 MB (with
-# ARROW_DEFAULT_MEMORY_POOL=mimalloc, the pool before memory.py), at the same speed and with the same
-# stg bytes (the benchmark's SHA-256).
+# typing process and median seconds, with ENCODE_BYTES set by hand, two interleaved rounds, jemalloc:
+# whole blocks 276-278 MB, 5.39-6.15 s; 4 MiB slices 267-269 MB, 5.54-5.81 s; 1 MiB slices 261-265 MB,
+# 5.61-5.65 s. With mimalloc (the pool before memory.py): whole blocks 300-301 MB, 1 MiB slices
+# 276-279 MB. The stg bytes are the same (the benchmark's SHA-256).
 ENCODE_BYTES = 1 << 20
 _COPY_READ = 1 << 20
 
