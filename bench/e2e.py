@@ -357,12 +357,6 @@ def weekly_files(weeks: int, patients: int, folder: Path, seed: int = 11) -> lis
     return out
 
 
-def _largest(values) -> float | None:
-    """The largest of the measured values (None when a run measured none)."""
-    measured = [v for v in values if v is not None]
-    return max(measured) if measured else None
-
-
 def bench_weekly(bench: Bench) -> dict[str, Any]:
     weeks, patients = bench.args.weeks, bench.args.patients
     repeats = R.default_repeats(patients, bench.args.repeats if bench.args.repeats is not None
@@ -407,7 +401,7 @@ def bench_weekly(bench: Bench) -> dict[str, Any]:
             "source": "Celery merge task runtimes",
             "merge_runs": merge, "merge_median": [None if m is None else round(m, 4) for m in merge_median],
             "e2e_median": [R.median(run[w] for run in e2e) for w in range(weeks)],
-            "worker_child_mb": [_largest(run[w] for run in rss) for w in range(weeks)],
+            "worker_child_mb": [R.largest(run[w] for run in rss) for w in range(weeks)],
             "ratio": ratio,
             "ratio_per_row": (ratio * week_rows[0] / week_rows[-1]) if ratio else None}
 

@@ -20,6 +20,11 @@ def test_median_ignores_missing_values_and_is_none_without_any() -> None:
     assert R.summary([1.23456, None, 3.0]) == {"runs": [1.2346, None, 3.0], "median": 2.1173}
 
 
+def test_largest_ignores_missing_values_and_is_none_without_any() -> None:
+    assert R.largest([250.0, None, 310.5, 120.0]) == 310.5
+    assert R.largest([None, None]) is None
+
+
 def test_speed_ratio_is_reference_over_seconds() -> None:
     assert R.speed_ratio(1.0, 4.0) == 0.25  # 4 s against a 1 s COPY: 0.25x COPY
     assert R.speed_ratio(12.0, 3.0) == 4.0  # dlt 12 s, pipeline 3 s: 4x dlt
