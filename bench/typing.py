@@ -1,10 +1,11 @@
 """Typing benchmark: the typing engine alone (no Postgres), on the COPY text raw landing writes.
 
-    python -m bench.typing --rows 300000 --repeats 3 [--extract Appointments] [--read-mib M]
+    python -m bench.typing --rows 300000 --repeats 3 [--extract Appointments] [--read-mib M] [--threads N]
 
 Set-up (not timed): a generated file of the extract, turned into the COPY text lines the landing sends
 to raw (lineage included). Timed: what staging in the landing's pass does with those lines, block by
-block (typing_engine/stage.py: Arrow's parse, TypingEngine.type_block, pgpq's binary encoding), with the
+block (typing_engine/stage.py: Arrow's parse and TypingEngine.type_block, on --threads threads as
+typed_blocks runs them, then pgpq's binary encoding), with the
 stg COPY's bytes counted and hashed instead of sent, so two versions of the engine can be compared on
 time and on output (the SHA-256 of the bytes stg would receive). Prints the median seconds and the
 peak RSS of this process, which only types (the file is generated in a child process).
@@ -57,9 +58,11 @@ def main() -> int:
     parser.add_argument("--extract", default="Appointments")
     parser.add_argument("--read-mib", type=float, default=None,
                         help="MiB of text typed at a time (default: the engine's block_bytes for the extract)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="blocks typed at once (TYPING_THREADS; the block size follows, as in the worker)")
     args = parser.parse_args()
     spec = get_spec(args.extract)
-    read_bytes = stage.block_bytes(spec) if args.read_mib is None else int(args.read_mib * (1 << 20))
+    read_bytes = stage.block_bytes(spec, args.threads) if args.read_mib is None else int(args.read_mib * (1 << 20))
     with tempfile.TemporaryDirectory(prefix="indici-bench-typing-") as tmp:
         child = multiprocessing.get_context("spawn").Process(target=_prepare, args=(spec.extract, args.rows, tmp))
         child.start()
@@ -75,14 +78,16 @@ def main() -> int:
             started = time.perf_counter()
             rows = stage._TypedRows(spec, record, engine, None, sha.update)
             with copy_file.open("rb") as fh:
-                for batch in stage._copy_text_batches(fh, copy_columns(spec), spec, read_bytes):
-                    rows.feed(batch)
+                blocks = stage._copy_text_blocks(fh, copy_columns(spec), spec, read_bytes)
+                for batch, block, counts in stage.typed_blocks(blocks, engine, args.threads):
+                    rows.take(batch, block, counts)
             rows.end()
             rows.close()
             seconds.append(time.perf_counter() - started)
             digest = sha.hexdigest()
             print(f"{seconds[-1]:.2f} s, {rows.staged:,} rows staged, {rows.rejected:,} rejected", flush=True)
-    print(f"median of {args.repeats}: {statistics.median(seconds):.2f} s for {args.rows:,} {spec.extract} rows; "
+    print(f"median of {args.repeats}: {statistics.median(seconds):.2f} s for {args.rows:,} {spec.extract} rows, "
+          f"{args.threads} thread(s), {read_bytes / (1 << 20):g} MiB blocks; "
           f"stg bytes sha256 {digest[:16]}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
     return 0
 

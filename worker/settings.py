@@ -170,6 +170,15 @@ class Settings(BaseSettings):
     A file the pass cannot stage (a repeated natural key, an error) is committed as landed and staged
     from raw by the stage step, as when this is off."""
 
+    typing_threads: int = Field(default=2, ge=1, le=16, validation_alias="TYPING_THREADS")
+    """Blocks of a file the typing engine parses and types at once, each on a thread of the worker
+    process (worker/pipeline/typing_engine/stage.py typed_blocks); 1 types on the task's own thread.
+    Arrow's parse and compute kernels run without the GIL, so a second thread types while the first
+    encodes and sends. Blocks get smaller so that the text held at once stays about 8 MiB (2 threads:
+    2.67 MiB blocks). On this two-core machine 2 staged 100k Appointments 10-15% faster than 1, with the
+    worker process 30-40 MB larger (docs/ARCHITECTURE.md, staging, "Typing threads"); more threads than
+    the worker's cores, with the Postgres backend's COPY counted, only add memory."""
+
     lock_timeout_seconds: float = Field(default=10 * 60, validation_alias="LOCK_TIMEOUT_SECONDS")
     """Longest wait for a file's or the merge's advisory lock; past it the step fails (retryable) with
     a message naming the backend holding the lock (pg_stat_activity.application_name: run and file)."""

@@ -350,7 +350,7 @@ def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: 
                 record = ledger.get(conn, file_id, for_update=True)
                 if not _landable(record):
                     return LandResult(file_id, "already")
-                tee = (lambda hashed: staging_tee(conn, hashed)) if stage else None
+                tee = (lambda hashed: staging_tee(conn, hashed, settings.typing_threads)) if stage else None
                 result = land_version(conn, s3_client, record, settings, tee=tee)
                 if result.status == FileStatus.DUPLICATE:
                     assert result.duplicate_of is not None and result.file_hash is not None
@@ -430,7 +430,7 @@ def stage_file(conn: psycopg.Connection, file_id: int, settings: Settings | None
             record = ledger.get(conn, file_id, for_update=True)
             if record.status != FileStatus.LANDED:
                 return StageResult(file_id, "already")
-            result, error = stage_version(conn, record)
+            result, error = stage_version(conn, record, threads=settings.typing_threads)
             ledger.mark_staged(conn, file_id, staged=result.staged, rejected=result.rejected + result.superseded,
                                superseded=result.superseded, error=f"{record.s3_key}: {error}" if error else None)
         if error:

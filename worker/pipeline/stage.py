@@ -53,26 +53,28 @@ def stage_file(conn: psycopg.Connection, file_id: int) -> StageResult:
     return lifecycle.stage_file(conn, file_id)
 
 
-def staging_tee(conn: psycopg.Connection, record: ledger.FileRecord) -> StagingTee | None:
+def staging_tee(conn: psycopg.Connection, record: ledger.FileRecord, threads: int = 1) -> StagingTee | None:
     """The typing of a file in the pass that lands it (land.land_version's `tee`); None for a contract
-    the typing engine does not support (the stage step stages it with the SQL statements)."""
+    the typing engine does not support (the stage step stages it with the SQL statements). `threads`:
+    blocks typed at once (TYPING_THREADS)."""
     from worker.pipeline.land import copy_columns
 
     spec = get_spec(record.extract)
     try:
-        return StagingTee(conn, spec, record, copy_columns(spec))
+        return StagingTee(conn, spec, record, copy_columns(spec), threads)
     except UnsupportedContract:
         return None
 
 
 def stage_version(conn: psycopg.Connection, record: ledger.FileRecord,
-                  typed: StagingTee | None = None) -> tuple[StageResult, str | None]:
+                  typed: StagingTee | None = None, threads: int = 1) -> tuple[StageResult, str | None]:
     """raw -> stg + rejects and the data-quality results for a landed file, in the caller's
     transaction (worker/pipeline/lifecycle.py holds the file's lock and records the state); returns the
     counts and the data-quality error that fails the file, if any. No commit, no state write. `typed`:
-    the file was typed while it landed (staging_tee); its rows are loaded instead of read from raw."""
+    the file was typed while it landed (staging_tee); its rows are loaded instead of read from raw.
+    `threads`: blocks typed at once when the rows are read from raw (TYPING_THREADS)."""
     spec = get_spec(record.extract)
-    result, outcome = _stage(conn, spec, record, typed)
+    result, outcome = _stage(conn, spec, record, typed, threads)
     error = None
     if outcome.failures:
         error = "; ".join(
@@ -84,11 +86,11 @@ def stage_version(conn: psycopg.Connection, record: ledger.FileRecord,
 
 
 def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecord,
-           typed: StagingTee | None) -> tuple[StageResult, dq.DqOutcome]:
+           typed: StagingTee | None, threads: int = 1) -> tuple[StageResult, dq.DqOutcome]:
     """Stage one landed file's rows (inside the caller's transaction; no ledger writes) and compute its
     data-quality outcome. Raises ReconciliationError when a row would be lost or doubled."""
     try:
-        engine = typed.load(conn) if typed is not None else stage_rows(conn, spec, record)
+        engine = typed.load(conn) if typed is not None else stage_rows(conn, spec, record, threads)
     except UnsupportedContract:
         return _stage_sql(conn, spec, record)
     staged, rejected, superseded = engine.staged, engine.rejected, engine.superseded

@@ -89,6 +89,15 @@ class DqCounts:
     # anomaly metric unmapped_domain_rate, without a scan of raw when the run closes).
     unmapped_rows: int = 0
 
+    def add(self, other: DqCounts) -> None:
+        """Another block's counts into these (typed_blocks types blocks with counts of their own)."""
+        self.rule_violations.update(other.rule_violations)
+        self.empty.update(other.empty)
+        self.stg_nulls.update(other.stg_nulls)
+        for column, values in other.domain_values.items():
+            self.domain_values.setdefault(column, set()).update(values)
+        self.unmapped_rows += other.unmapped_rows
+
 
 @dataclass
 class TypedBlock:

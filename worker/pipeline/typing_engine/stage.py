@@ -32,8 +32,12 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterable, Iterator
+from functools import partial
+from typing import IO, Callable, Generator, Iterable, Iterator
 
 import numpy as np
 import pgpq
@@ -72,12 +76,23 @@ CSV_BLOCK_BYTES = 4 << 20
 # 5.61-5.65 s. With mimalloc (the pool before memory.py): whole blocks 300-301 MB, 1 MiB slices
 # 276-279 MB. The stg bytes are the same (the benchmark's SHA-256).
 ENCODE_BYTES = 1 << 20
+# Text of the blocks a pass holds at once when it types on several threads (block_bytes): as much as one
+# block of the widest extract typed alone (READ_BYTES), so a worker's memory stays where it was sized.
+# `python -m bench.typing --rows 300000 --threads 2 --read-mib M`: 4 MiB blocks (12 MiB in flight)
+# 2.61-3.59 s and 263-277 MB, 2.67 MiB (8 MiB in flight) 3.26-4.03 s and 229-233 MB, one thread at
+# 4 MiB 4.86-5.29 s and 202-211 MB.
+IN_FLIGHT_BYTES = READ_BYTES
 _COPY_READ = 1 << 20
 
 
-def block_bytes(spec: ExtractSpec) -> int:
-    """The bytes of text the engine types at a time for this extract (about 5,000 rows)."""
-    return min(READ_BYTES, max(MIN_READ_BYTES, READ_BYTES_PER_COLUMN * len(spec.columns)))
+def block_bytes(spec: ExtractSpec, threads: int = 1) -> int:
+    """The bytes of text the engine types at a time for this extract (about 5,000 rows). With `threads`
+    typing at once (typed_blocks), threads + 1 blocks are in memory together: each is then at most
+    IN_FLIGHT_BYTES / (threads + 1)."""
+    size = min(READ_BYTES, max(MIN_READ_BYTES, READ_BYTES_PER_COLUMN * len(spec.columns)))
+    if threads > 1:
+        size = min(size, max(1 << 20, IN_FLIGHT_BYTES // (threads + 1)))
+    return size
 
 
 @dataclass
@@ -222,10 +237,20 @@ def _record_end(buf: bytes) -> int:
     return 0
 
 
+# A block of a file's text, parsed into the table the engine types when called (on a typing thread,
+# typed_blocks): Arrow's parse is a quarter of the typing's time and runs without the GIL.
+Block = Callable[[], pa.Table]
+
+
 def _batches(chunks: Iterable[bytes], columns: list[str], read_bytes: int) -> Iterator[pa.Table]:
-    """The CSV chunks as tables of about `read_bytes` each, parsed by Arrow in 4 MiB blocks on this
-    thread (the other core is Postgres'; threads also cost memory). Cut at record ends: Arrow's
-    streaming reader reads a Python file ahead without limit."""
+    """The CSV chunks as tables of about `read_bytes` each (_csv_blocks, parsed here in turn)."""
+    return (block() for block in _csv_blocks(chunks, columns, read_bytes))
+
+
+def _csv_blocks(chunks: Iterable[bytes], columns: list[str], read_bytes: int) -> Iterator[Block]:
+    """The CSV chunks as blocks of about `read_bytes` each, parsed by Arrow in 4 MiB pieces on the thread
+    that calls the block (Arrow's own threads cost memory). Cut at record ends: Arrow's streaming reader
+    reads a Python file ahead without limit."""
     types = {c: pa.string() for c in columns}
     types[ROW_NUMBER] = pa.int64()
     options = dict(
@@ -238,13 +263,13 @@ def _batches(chunks: Iterable[bytes], columns: list[str], read_bytes: int) -> It
     size = 0
     carry = b""
 
-    def parse(final: bool) -> Iterator[pa.Table]:
+    def parse(final: bool) -> Iterator[Block]:
         nonlocal carry
         buf = carry + b"".join(pending) if carry else b"".join(pending)
         pending.clear()
         cut = len(buf) if final else _record_end(buf)
         if cut:
-            yield pacsv.read_csv(pa.py_buffer(memoryview(buf)[:cut]), **options)
+            yield partial(pacsv.read_csv, pa.py_buffer(memoryview(buf)[:cut]), **options)
         carry = buf[cut:]
 
     for chunk in chunks:
@@ -312,24 +337,24 @@ def _copy_into(cur: psycopg.Cursor, table: sql.Composable, columns: list[str]):
     return cur.copy(statement, writer=BoundedQueuedWriter(cur))
 
 
-def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineResult:
+def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record, threads: int = 1) -> EngineResult:
     """Type the file's raw rows into stg.<t> and etl.rejects_<t>; the counts for dq.
 
     Optimistic about duplicates: the first pass holds nothing back, inside a savepoint. A natural key
     repeated among the kept rows violates stg's unique (load_file_id, key) constraint; then the
     savepoint is rolled back, the key pass finds the repeated keys and the second pass holds their rows
-    back and applies the duplicate-key rule.
+    back and applies the duplicate-key rule. `threads`: blocks typed at once (typed_blocks).
     """
     engine = TypingEngine(spec, mapped_domains(conn, spec))
     columns = [ROW_NUMBER, *spec.column_names]
     laps = _Laps()
     lap = laps.lap
     expected = getattr(record, "rows_raw", None)
-    block = block_bytes(spec)
+    block = block_bytes(spec, threads)
     with tempfile.TemporaryFile(prefix="indici-stage-") as spool:
 
-        def spooled() -> Iterator[pa.Table]:
-            return _batches(_spool_chunks(spool, block), columns, block)
+        def spooled() -> Iterator[Block]:
+            return _csv_blocks(_spool_chunks(spool, block), columns, block)
 
         try:
             if isinstance(expected, int) and expected > 0:
@@ -337,8 +362,8 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                 stream = _RawStream(conn, _raw_statement(spec, record.file_id, columns), spool)
                 try:
                     with conn.transaction():
-                        result = _pass(conn, spec, record, engine, _batches(stream.chunks(), columns, block), None,
-                                       lap)
+                        result = _pass(conn, spec, record, engine, _csv_blocks(stream.chunks(), columns, block),
+                                       None, lap, threads)
                         if stream.rows != expected:
                             raise _NotAllVisible(stream.rows)
                 finally:
@@ -349,7 +374,7 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
                 _spool_raw(conn, spec, record.file_id, columns, spool)
                 lap("spool")
                 with conn.transaction():
-                    result = _pass(conn, spec, record, engine, spooled(), None, lap)
+                    result = _pass(conn, spec, record, engine, spooled(), None, lap, threads)
         except _NotAllVisible:
             # Not every raw row was visible to the second connection: this transaction wrote them. The
             # savepoint is rolled back; stage from this connection's own view.
@@ -359,11 +384,11 @@ def stage_rows(conn: psycopg.Connection, spec: ExtractSpec, record) -> EngineRes
             _spool_raw(conn, spec, record.file_id, columns, spool)
             try:
                 with conn.transaction():
-                    result = _pass(conn, spec, record, engine, spooled(), None, lap)
+                    result = _pass(conn, spec, record, engine, spooled(), None, lap, threads)
             except psycopg.errors.UniqueViolation:
-                result = _second_pass(conn, spec, record, engine, spooled, lap)
+                result = _second_pass(conn, spec, record, engine, spooled, lap, threads)
         except psycopg.errors.UniqueViolation:
-            result = _second_pass(conn, spec, record, engine, spooled, lap)
+            result = _second_pass(conn, spec, record, engine, spooled, lap, threads)
     result.seconds = laps.seconds
     return result
 
@@ -386,13 +411,13 @@ class _NotAllVisible(Exception):
 
 
 def _second_pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine,
-                 batches: Callable[[], Iterable[pa.Table]], lap) -> EngineResult:
+                 blocks: Callable[[], Iterable[Block]], lap, threads: int = 1) -> EngineResult:
     """The file repeats a natural key: find the repeated keys, then type the spool again holding their
     rows back for the duplicate-key rule."""
     lap("duplicates_found")
     repeated = _repeated_keys(conn, spec, record, engine)
     lap("keys")
-    return _pass(conn, spec, record, engine, batches(), repeated, lap)
+    return _pass(conn, spec, record, engine, blocks(), repeated, lap, threads)
 
 
 def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine) -> np.ndarray:
@@ -410,18 +435,20 @@ def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: 
     return unique[repeats > 1]
 
 
-def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, batches: Iterable[pa.Table],
-          repeated: np.ndarray | None, lap) -> EngineResult:
-    """One pass over the raw rows (tables of row_number and the fields as text): typed rows into stg by
-    a binary COPY that Postgres runs while the next block is typed, rejects after. Kept rows whose key
-    hash is in `repeated` are held back and resolved by the duplicate-key rule at the end."""
+def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, blocks: Iterable[Block],
+          repeated: np.ndarray | None, lap, threads: int = 1) -> EngineResult:
+    """One pass over the raw rows (blocks of row_number and the fields as text): typed rows into stg by
+    a binary COPY that Postgres runs while the next blocks are typed (on `threads` threads), rejects
+    after. Kept rows whose key hash is in `repeated` are held back and resolved by the duplicate-key rule
+    at the end."""
     target = _prepare_target(conn, spec)
     with conn.cursor() as cur:
         with _copy_into(cur, target.table, target.columns) as copy:
             rows = _TypedRows(spec, record, engine, repeated, copy.write)
             try:
-                for batch in batches:
-                    rows.feed(batch)
+                with closing(typed_blocks(blocks, engine, threads)) as typed:
+                    for batch, block, counts in typed:
+                        rows.take(batch, block, counts)
                 rows.end()
             except BaseException:
                 rows.close()
@@ -429,6 +456,43 @@ def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEng
             lap("typing")
         lap("copy_wait")
         return _complete(cur, spec, target, rows, lap)
+
+
+TypedItem = tuple[pa.Table, TypedBlock, DqCounts]
+
+
+def typed_blocks(blocks: Iterable[Block], engine: TypingEngine,
+                 threads: int = 1) -> Generator[TypedItem, None, None]:
+    """Each block parsed and typed (the table, its TypedBlock and the block's own dq counts), in the
+    blocks' order. With `threads` > 1 that many blocks are parsed and typed at once on a pool of threads
+    while the caller encodes and sends the oldest: Arrow's parse and compute kernels run without the GIL
+    (a py-spy profile of 300k Appointments: 21% of the typing's samples held it). The gain is bounded by
+    the other core's work: the backend taking stg's binary COPY used 2.1-2.9 CPU s per 300k rows while
+    Python used 3.4-4.1 (docs/ARCHITECTURE.md, staging, "Typing threads"). At most threads + 1 blocks are parsed or
+    typed and not yet taken (block_bytes sizes them for that). An error of a block is raised when its
+    turn comes; closing the iterator cancels the blocks not started and waits for those running."""
+
+    def work(block: Block) -> TypedItem:
+        batch = block()
+        counts = DqCounts()
+        return batch, engine.type_block(batch, counts), counts
+
+    if threads <= 1:
+        for block in blocks:
+            yield work(block)
+        return
+    pending: deque[Future[TypedItem]] = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="indici-typing") as pool:
+        try:
+            for block in blocks:
+                pending.append(pool.submit(work, block))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 @dataclass(frozen=True)
@@ -529,10 +593,11 @@ class _TypedRows:
                 self.write_stg(self.stg_encoder.write_batch(part))
             self.staged += table.num_rows
 
-    def feed(self, batch: pa.Table) -> None:
-        """Type one block of raw rows (row_number and the fields, as strings)."""
+    def take(self, batch: pa.Table, block: TypedBlock, counts: DqCounts) -> None:
+        """A typed block (typed_blocks): its rejects into the spool, its kept rows into stg's COPY (or held
+        back), its dq counts added to the file's."""
         spec, engine = self.spec, self.engine
-        block: TypedBlock = engine.type_block(batch, self.counts)
+        self.counts.add(counts)
         self.rejected += self._write_rejects(block.rejects)
         kept = block.kept
         hold = np.zeros(kept.num_rows, dtype=bool)
@@ -653,9 +718,9 @@ def copy_text_batch(data: bytes | bytearray, line_columns: list[str], spec: Extr
     return pa.Table.from_arrays(columns, names=table.column_names)
 
 
-def _copy_text_batches(spool: io.BufferedIOBase, line_columns: list[str], spec: ExtractSpec,
-                       read_bytes: int) -> Iterator[pa.Table]:
-    """The spooled COPY text lines as tables of about `read_bytes` (cut after a line: in COPY text an LF
+def _copy_text_blocks(spool: io.BufferedIOBase, line_columns: list[str], spec: ExtractSpec,
+                      read_bytes: int) -> Iterator[Block]:
+    """The spooled COPY text lines as blocks of about `read_bytes` (cut after a line: in COPY text an LF
     always ends a line). Each block is read into one new buffer, the previous block's unfinished line
     first, and parsed in place: slicing and concatenating bytes made two more copies of every block
     (4-7 MB of the typing's peak RSS at 8 MiB blocks)."""
@@ -671,7 +736,7 @@ def _copy_text_batches(spool: io.BufferedIOBase, line_columns: list[str], spec: 
         cut = buf.rfind(b"\n", 0, end) + 1
         carry = bytes(buf[cut:end])  # a line longer than the block waits for the next read
         if cut:
-            yield copy_text_batch(buf, line_columns, spec, cut)
+            yield partial(copy_text_batch, buf, line_columns, spec, cut)
     if carry:
         raise ValueError("the landing's spool ends inside a line")
 
@@ -684,8 +749,9 @@ class StagingTee:
     natural key takes the second pass). Loading the typed rows only after raw keeps both of Postgres'
     COPYs overlapped with Python's work: decoding with the raw COPY, typing with the stg COPY."""
 
-    def __init__(self, conn: psycopg.Connection, spec: ExtractSpec, record, line_columns: list[str]) -> None:
-        self.spec, self.record, self.line_columns = spec, record, line_columns
+    def __init__(self, conn: psycopg.Connection, spec: ExtractSpec, record, line_columns: list[str],
+                 threads: int = 1) -> None:
+        self.spec, self.record, self.line_columns, self.threads = spec, record, line_columns, threads
         self.engine = TypingEngine(spec, mapped_domains(conn, spec))  # UnsupportedContract: no tee
         self.error: BaseException | None = None
         self._spool: io.BufferedIOBase | None = tempfile.TemporaryFile(prefix="indici-land-")
@@ -719,15 +785,15 @@ class StagingTee:
         laps = _Laps()
         lap = laps.lap
 
-        def batches() -> Iterator[pa.Table]:
-            return _copy_text_batches(spool, self.line_columns, self.spec, block_bytes(self.spec))
+        def blocks() -> Iterator[Block]:
+            return _copy_text_blocks(spool, self.line_columns, self.spec, block_bytes(self.spec, self.threads))
 
         try:
             try:
                 with conn.transaction():
-                    result = _pass(conn, self.spec, self.record, self.engine, batches(), None, lap)
+                    result = _pass(conn, self.spec, self.record, self.engine, blocks(), None, lap, self.threads)
             except psycopg.errors.UniqueViolation:
-                result = _second_pass(conn, self.spec, self.record, self.engine, batches, lap)
+                result = _second_pass(conn, self.spec, self.record, self.engine, blocks, lap, self.threads)
         finally:
             self.abandon(RuntimeError("loaded"))
         result.seconds = laps.seconds

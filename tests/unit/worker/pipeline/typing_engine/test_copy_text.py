@@ -1,5 +1,5 @@
 """Staging while landing reads back the COPY text raw landing writes (typing_engine/stage.py:
-copy_text_batch, _copy_text_batches): every field must come back exactly as the file holds it, whatever it
+copy_text_batch, _copy_text_blocks): every field must come back exactly as the file holds it, whatever it
 contains, and however the spool is cut into blocks."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from contracts.registry import get as get_spec
 from worker.io.indici_reader import IndiciReader, encode_rows
 from worker.pipeline.land import LINEAGE_PREFIX_COLUMNS, copy_columns
 from worker.pipeline.typing_engine.engine import ROW_NUMBER
-from worker.pipeline.typing_engine.stage import _copy_text_batches, block_bytes, copy_text_batch
+from worker.pipeline.typing_engine.stage import _copy_text_blocks, block_bytes, copy_text_batch
 
 SPEC = get_spec("Appointments")
 # The constant lineage columns raw landing writes before the row number (escaped COPY text).
@@ -70,7 +70,7 @@ def test_blocks_of_any_size_give_every_row_once_in_order(rows, read_bytes):
         data = _lines(rows)
     except ValueError:
         return
-    tables = list(_copy_text_batches(io.BytesIO(data), copy_columns(SPEC), SPEC, read_bytes))
+    tables = [block() for block in _copy_text_blocks(io.BytesIO(data), copy_columns(SPEC), SPEC, read_bytes)]
     assert [r for t in tables for r in t.column(ROW_NUMBER).to_pylist()] == list(range(1, len(rows) + 1))
     assert [r for t in tables for r in _fields(t)] == rows
     if read_bytes >= len(data):
@@ -80,7 +80,7 @@ def test_blocks_of_any_size_give_every_row_once_in_order(rows, read_bytes):
 def test_a_spool_that_ends_inside_a_line_is_an_error():
     data = _lines([["x"] * SPEC.field_count] * 2)
     with pytest.raises(ValueError, match="ends inside a line"):
-        list(_copy_text_batches(io.BytesIO(data[:-1]), copy_columns(SPEC), SPEC, 64))
+        list(_copy_text_blocks(io.BytesIO(data[:-1]), copy_columns(SPEC), SPEC, 64))
 
 
 def test_a_wider_extract_types_larger_blocks_within_the_bounds():
