@@ -10,6 +10,8 @@ Delivery choices, and why:
   constraints in Postgres decide, see worker/pipeline/ledger.py), so a second run does nothing.
 - `worker_prefetch_multiplier=1`: tasks are long (a file, a merge); a worker process should not hold a
   queue of them that an idle process could be running.
+- `worker_max_memory_per_child` (WORKER_MAX_MEMORY_MB): a pool process whose peak RSS went past it is
+  replaced after its task, so memory kept by allocators over weeks, or a spike, is given back.
 - Soft and hard time limits (TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT): a task that hangs is stopped
   (soft: its transaction rolls back and the file is recorded failed, retryable) and then killed (hard).
 - Redis `visibility_timeout` (Settings.visibility_timeout): with late acks, Redis redelivers a message
@@ -69,6 +71,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Billiard compares the process's peak RSS (getrusage ru_maxrss, KiB) after each task; None: no limit.
+        worker_max_memory_per_child=settings.worker_max_memory_mb * 1024 or None,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         task_routes=TASK_ROUTES,

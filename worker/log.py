@@ -171,6 +171,18 @@ def connect_celery_signals() -> None:
                 pool=getattr(getattr(instance, "pool_cls", None), "__name__", None),
                 queues=sorted(getattr(getattr(instance.app, "amqp", None), "queues", {}) or []))
 
+    def on_worker_process_shutdown(pid: int | None = None, exitcode: int | None = None, **_kwargs: Any) -> None:
+        # Sent in a prefork child as it exits. EX_RECYCLE: billiard replaces it because its peak RSS passed
+        # worker_max_memory_per_child (worker/app.py); billiard's own warning goes to a logger never set up.
+        from billiard.pool import EX_RECYCLE  # type: ignore[import-untyped]
+
+        if exitcode == EX_RECYCLE:
+            import resource
+
+            get_logger("worker.app").warning(
+                "worker process replaced: its peak memory passed WORKER_MAX_MEMORY_MB", pid=pid,
+                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
     def on_beat_init(sender: Any = None, **_kwargs: Any) -> None:
         get_logger("worker.app").info("beat starting", schedule=sorted(getattr(sender.app.conf, "beat_schedule", {})))
 
@@ -185,4 +197,5 @@ def connect_celery_signals() -> None:
     signals.setup_logging.connect(on_setup_logging, weak=False)
     signals.worker_process_init.connect(on_worker_process_init, weak=False)
     signals.celeryd_after_setup.connect(on_worker_setup, weak=False)
+    signals.worker_process_shutdown.connect(on_worker_process_shutdown, weak=False)
     signals.beat_init.connect(on_beat_init, weak=False)

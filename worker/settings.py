@@ -153,6 +153,13 @@ class Settings(BaseSettings):
     visibility timeout (worker/app.py) and a file's lease are derived from it, so a message is never
     redelivered, nor a file re-enqueued, while its task may still be running."""
 
+    worker_max_memory_mb: int = Field(default=350, ge=0, validation_alias="WORKER_MAX_MEMORY_MB")
+    """Peak resident memory (MB) past which a worker pool process is replaced by a fresh one once its
+    task has finished (Celery's worker_max_memory_per_child, prefork pool; the task is never cut short).
+    A pool process peaks at about 250-290 MB whatever the file's size, and its peak creeps up by 15-25 MB
+    over weeks of runs (allocators keeping freed pages; docs/ARCHITECTURE.md, staging, "Memory"): this
+    bounds that and any spike. 0: never replaced for its memory."""
+
     run_lease_seconds: int = Field(default=15 * 60, validation_alias="RUN_LEASE_SECONDS")
     """A run is alive while its lease (etl.load_runs.lease_expires_at) holds; every step of the run
     renews it. A running run whose lease expired has lost its driver (an inline process died, a chord

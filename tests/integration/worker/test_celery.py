@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from celery import Celery, chain
 from contracts import naming
 from contracts.registry import get as get_spec
 from tests.conftest import REPO_ROOT
+from tests.integration.worker.celery_worker import celery_worker
 from tests.integration.worker.pipeline.helpers import put_file, query, reset_data
 from worker.io.db import connect
 from worker.io.s3 import make_client
@@ -98,25 +98,10 @@ def stack(migrated_db, s3_server, redis_url, tmp_path_factory) -> Iterator[Stack
     client = make_app(settings)
     node = f"indici-test-{uuid.uuid4().hex[:8]}@%h"
     log_path = tmp_path_factory.mktemp("celery") / "worker.log"
-    with open(log_path, "wb") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=prefork", "--concurrency=2",
-             "--loglevel=INFO", "-n", node, "--without-gossip", "--without-mingle"],
-            env=env, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-        )
     try:
-        deadline = time.monotonic() + 30
-        while not client.control.ping(timeout=0.5):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Celery worker did not start:\n{log_path.read_text()[-3000:]}")
-        yield Stack(settings, env, client, log_path)
+        with celery_worker(client, env, log_path, node):
+            yield Stack(settings, env, client, log_path)
     finally:
-        worker.terminate()  # warm shutdown
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout=10)
         client.close()
 
 
