@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,11 @@ from psycopg import sql
 from contracts.model import PiiClass
 from contracts.registry import get as get_spec
 from tests.conftest import REPO_ROOT
+from tests.integration.worker.celery_worker import celery_worker
 from tests.integration.worker.io.helpers import login_url
 from tests.integration.worker.pipeline.helpers import Receiver, put_file, reset_data
 from worker.net import free_port
+from worker.settings import Settings
 from worker.synth import build_series
 
 pytestmark = pytest.mark.integration
@@ -172,11 +175,16 @@ def stack(migrated_db, s3_server, tmp_path_factory) -> Iterator[Stack]:
             assert done.returncode == 0, done.stderr
         assert stack.cli("bind-org", analyst, "685146").returncode == 0
 
-        with open(stack.worker_log, "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=prefork", "--concurrency=2",
-                 "--loglevel=INFO", "-n", f"leaks-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle"],
-                env=stack.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        # Started and awaited until it answers: `run --wait` fails at once when no worker consumes the
+        # queues yet (orchestration.missing_consumers), which a slow start under load once made it do.
+        from worker.app import make_app
+
+        celery_client = make_app(Settings(CELERY_BROKER_URL=stack.env["CELERY_BROKER_URL"],
+                                          CELERY_RESULT_BACKEND=stack.env["CELERY_RESULT_BACKEND"]))
+        worker = ExitStack()
+        worker.callback(celery_client.close)
+        worker.enter_context(celery_worker(celery_client, stack.env, stack.worker_log,
+                                           f"leaks-{uuid.uuid4().hex[:8]}@%h", start_seconds=60))
         for batch in batches:
             for f in batch.files:
                 put_file(s3, bucket, f.name, f.data)
@@ -196,12 +204,7 @@ def stack(migrated_db, s3_server, tmp_path_factory) -> Iterator[Stack]:
         yield stack
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=10)
+            worker.close()
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
         receiver.__exit__(None, None, None)
