@@ -42,6 +42,17 @@ class Redacting:
         return redact.redact(rendered) if isinstance(rendered, str) else rendered
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is when a line is written, not when logging was configured (a replaced
+    stderr, such as a test's captured one, may be closed by then)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     """JSON lines to stderr (human-readable console rendering when json=False)."""
     global _CONFIGURED
@@ -55,7 +66,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             Redacting(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), 20)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     _CONFIGURED = True

@@ -37,11 +37,14 @@ def test_short_placeholders_are_not_masked():
 def test_log_lines_are_redacted():
     Settings(NHI_HMAC_KEY="another-registered-key-of-32-bytes-x")
     buffer = io.StringIO()
+    # Restored after: configuring again here would bind the logger to this test's captured stderr,
+    # which pytest closes (tests run later in the session would then fail to log).
+    previous = structlog.get_config()
     log.configure("INFO")
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=buffer))
     try:
         structlog.get_logger("t").error("boom", detail="failed with another-registered-key-of-32-bytes-x")
     finally:
-        log.configure("INFO")
+        structlog.configure(**previous)
     line = json.loads(buffer.getvalue().strip())
     assert line["detail"] == "failed with ***"
