@@ -427,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds one run may take")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (bench/results)")
     p.add_argument("--verbose", action="store_true", help="print the CLI's per-file progress lines")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="copy the worker, CLI and moto logs to <out>/e2e-logs (they are kept on a failure always)")
     p.add_argument("--render", action="store_true",
                    help="run nothing: write the markdown and the plot again from the JSON in --out (after a "
                         "change to bench/report.py; the measurements and their commit stay as they were)")
@@ -453,6 +455,15 @@ def _commit() -> str:
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _keep_logs(work: Path, out_dir: Path, name: str) -> Path:
+    """The worker, CLI and moto logs copied out of the temporary folder, which is removed."""
+    logs = out_dir / f"{name}-logs"
+    logs.mkdir(exist_ok=True)
+    for log in work.glob("*.log"):
+        shutil.copy(log, logs / log.name)
+    return logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,12 +508,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.skip_weekly:
                     report["weekly"] = bench_weekly(bench)
         except BaseException:
-            logs = out_dir / f"{name}-logs"  # the worker, CLI and moto logs outlive the temporary folder
-            logs.mkdir(exist_ok=True)
-            for log in work.glob("*.log"):
-                shutil.copy(log, logs / log.name)
-            say(f"failed; the worker, CLI and moto logs are in {logs}")
+            say(f"failed; the worker, CLI and moto logs are in {_keep_logs(work, out_dir, name)}")
             raise
+        else:
+            if args.keep_logs:
+                say(f"the worker, CLI and moto logs are in {_keep_logs(work, out_dir, name)}")
         finally:
             if moto is not None:
                 moto.stop()

@@ -177,6 +177,13 @@ class Settings(BaseSettings):
     A file the pass cannot stage (a repeated natural key, an error) is committed as landed and staged
     from raw by the stage step, as when this is off."""
 
+    typing_during_raw_copy: bool = Field(default=True, validation_alias="TYPING_DURING_RAW_COPY")
+    """Staging while landing: type the file's blocks on a thread of their own while the raw COPY runs,
+    keeping their stg COPY bytes in a local spool (as large as the file's stg rows), and send them into
+    stg once raw is written, while the rest is typed (worker/pipeline/typing_engine/tee.py). During the
+    raw COPY the Postgres backend is one core's work and the decoding less than the other's. stg gets
+    the same rows in the same order either way; false types the whole file after the raw COPY."""
+
     typing_threads: int = Field(default=2, ge=1, le=16, validation_alias="TYPING_THREADS")
     """Blocks of a file the typing engine parses and types at once, each on a thread of the worker
     process (worker/pipeline/typing_engine/stage.py typed_blocks); 1 types on the task's own thread.

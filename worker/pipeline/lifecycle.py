@@ -344,14 +344,21 @@ def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: 
         _renew_run_lease(conn, record.load_run_id, settings)
     with bound(load_run_id=record.load_run_id, s3_key=record.s3_key, file_id=file_id):
         staged: StageResult | None = None
+        tees: list[StagingTee] = []  # each is closed below, whatever happened (its thread and spools)
+
+        def tee(hashed: ledger.FileRecord) -> StagingTee | None:
+            made = staging_tee(conn, hashed, settings.typing_threads, settings.typing_during_raw_copy)
+            if made is not None:
+                tees.append(made)
+            return made
+
         try:
             with _transaction(conn):
                 ledger.lock(conn, LockSpace.LAND, file_id, timeout=settings.lock_timeout_seconds)
                 record = ledger.get(conn, file_id, for_update=True)
                 if not _landable(record):
                     return LandResult(file_id, "already")
-                tee = (lambda hashed: staging_tee(conn, hashed, settings.typing_threads)) if stage else None
-                result = land_version(conn, s3_client, record, settings, tee=tee)
+                result = land_version(conn, s3_client, record, settings, tee=tee if stage else None)
                 if result.status == FileStatus.DUPLICATE:
                     assert result.duplicate_of is not None and result.file_hash is not None
                     ledger.mark_duplicate(conn, file_id, duplicate_of=result.duplicate_of, file_hash=result.file_hash)
@@ -369,6 +376,9 @@ def land_file(conn: psycopg.Connection, s3_client: Any, file_id: int, settings: 
                 ledger.mark_failed(conn, file_id, f"{record.s3_key}: {exc.detail}", detail, retryable=False)
             log.error("file failed to land", kind=exc.kind, row_number=exc.row_number, error=exc.detail)
             return LandResult(file_id, "failed", error=exc.detail)
+        finally:
+            for made in tees:
+                made.abandon(RuntimeError("the landing's pass ended"))
         log.info("file landed" if result.status == "landed" else f"file {result.status}", rows=result.rows,
                  encoding=result.encoding, spool_seconds=result.spool_seconds, copy_seconds=result.copy_seconds)
         if staged is not None:

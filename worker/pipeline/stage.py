@@ -53,15 +53,17 @@ def stage_file(conn: psycopg.Connection, file_id: int) -> StageResult:
     return lifecycle.stage_file(conn, file_id)
 
 
-def staging_tee(conn: psycopg.Connection, record: ledger.FileRecord, threads: int = 1) -> StagingTee | None:
+def staging_tee(conn: psycopg.Connection, record: ledger.FileRecord, threads: int = 1,
+                ahead: bool = True) -> StagingTee | None:
     """The typing of a file in the pass that lands it (land.land_version's `tee`); None for a contract
     the typing engine does not support (the stage step stages it with the SQL statements). `threads`:
-    blocks typed at once (TYPING_THREADS)."""
+    blocks typed at once (TYPING_THREADS); `ahead`: typed from while the raw COPY runs
+    (TYPING_DURING_RAW_COPY)."""
     from worker.pipeline.land import copy_columns
 
     spec = get_spec(record.extract)
     try:
-        return StagingTee(conn, spec, record, copy_columns(spec), threads)
+        return StagingTee(conn, spec, record, copy_columns(spec), threads, ahead)
     except UnsupportedContract:
         return None
 
@@ -94,7 +96,8 @@ def _stage(conn: psycopg.Connection, spec: ExtractSpec, record: ledger.FileRecor
     except UnsupportedContract:
         return _stage_sql(conn, spec, record)
     staged, rejected, superseded = engine.staged, engine.rejected, engine.superseded
-    log.info("file typed", seconds={k: round(v, 3) for k, v in engine.seconds.items()})
+    log.info("file typed", seconds={k: round(v, 3) for k, v in engine.seconds.items()},
+             rows_typed_ahead=engine.rows_typed_ahead)
     _reconcile(record, staged, rejected, superseded)
     dq.record_domain_values_seen(conn, spec, record.file_id, engine.counts.domain_values)
     outcome = dq.evaluate_counts(conn, spec, record.file_id, record.rows_read or 0, staged, rejected, superseded,

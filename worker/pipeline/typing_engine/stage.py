@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, Callable, Generator, Iterable, Iterator
@@ -104,6 +104,8 @@ class EngineResult:
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of the parts: spool (raw out), keys, typing (read + type + encode), copy_wait (until the
     stg COPY completed after the last block), rejects."""
+    rows_typed_ahead: int = 0
+    """Rows typed while the raw COPY ran (staging while landing, typing_engine/tee.py), of staged + rejected."""
 
 
 def mapped_domains(conn: psycopg.Connection, spec: ExtractSpec) -> dict[str, list[str]]:
@@ -435,21 +437,81 @@ def _repeated_keys(conn: psycopg.Connection, spec: ExtractSpec, record, engine: 
     return unique[repeats > 1]
 
 
+@dataclass
+class TypedAhead:
+    """The first blocks of a first pass, typed before its COPY began (typing_engine/tee.py types them
+    while the raw COPY runs): the pass's rows with their stg COPY bytes kept in `spool`, in file order."""
+
+    rows: "_TypedRows"
+    spool: IO[bytes]
+
+    def close(self) -> None:
+        self.rows.close()
+        self.spool.close()
+
+
+@contextmanager
+def _ahead_sent(ahead: TypedAhead | None, write: Callable[[bytes], None]) -> Iterator[Callable[[], None]]:
+    """Send the rows typed ahead into the COPY from a thread, so that the next blocks are typed meanwhile;
+    gives `ready`, which waits for them to be sent (once) and sends the pass's further rows directly.
+    Called before a new block is taken, it keeps the COPY's rows in file order."""
+    if ahead is None:
+        yield lambda: None
+        return
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            ahead.spool.seek(0)
+            while data := ahead.spool.read(_COPY_READ):
+                write(data)
+        except BaseException as exc:  # raised in the pass's thread by ready()
+            errors.append(exc)
+
+    sender = threading.Thread(target=send, name="indici-stg-ahead", daemon=True)
+    sender.start()
+    sent = False
+
+    def ready() -> None:
+        nonlocal sent
+        if not sent:
+            sender.join()
+            sent = True
+            if errors:
+                raise errors[0]
+            ahead.rows.write_stg = write
+
+    try:
+        yield ready
+    finally:
+        sender.join()
+
+
+def type_blocks_into(rows: "_TypedRows", blocks: Iterable[Block], engine: TypingEngine, threads: int,
+                     ahead: TypedAhead | None, write: Callable[[bytes], None]) -> None:
+    """The pass's typing: `blocks` typed (typed_blocks) and taken by `rows` in order, after the rows typed
+    `ahead` (sent into `write` first, while the first blocks are typed); then the end of the encodings."""
+    with closing(typed_blocks(blocks, engine, threads)) as typed, _ahead_sent(ahead, write) as ready:
+        for batch, block, counts in typed:
+            ready()
+            rows.take(batch, block, counts)
+        ready()
+    rows.end()
+
+
 def _pass(conn: psycopg.Connection, spec: ExtractSpec, record, engine: TypingEngine, blocks: Iterable[Block],
-          repeated: np.ndarray | None, lap, threads: int = 1) -> EngineResult:
+          repeated: np.ndarray | None, lap, threads: int = 1, ahead: TypedAhead | None = None) -> EngineResult:
     """One pass over the raw rows (blocks of row_number and the fields as text): typed rows into stg by
     a binary COPY that Postgres runs while the next blocks are typed (on `threads` threads), rejects
     after. Kept rows whose key hash is in `repeated` are held back and resolved by the duplicate-key rule
-    at the end."""
+    at the end. `ahead`: the first blocks, already typed (a first pass: `repeated` is None); `blocks`
+    are then the rest."""
     target = _prepare_target(conn, spec)
     with conn.cursor() as cur:
         with _copy_into(cur, target.table, target.columns) as copy:
-            rows = _TypedRows(spec, record, engine, repeated, copy.write)
+            rows = ahead.rows if ahead is not None else _TypedRows(spec, record, engine, repeated, copy.write)
             try:
-                with closing(typed_blocks(blocks, engine, threads)) as typed:
-                    for batch, block, counts in typed:
-                        rows.take(batch, block, counts)
-                rows.end()
+                type_blocks_into(rows, blocks, engine, threads, ahead, copy.write)
             except BaseException:
                 rows.close()
                 raise
@@ -719,12 +781,12 @@ def copy_text_batch(data: bytes | bytearray, line_columns: list[str], spec: Extr
 
 
 def _copy_text_blocks(spool: io.BufferedIOBase, line_columns: list[str], spec: ExtractSpec,
-                      read_bytes: int) -> Iterator[Block]:
-    """The spooled COPY text lines as blocks of about `read_bytes` (cut after a line: in COPY text an LF
-    always ends a line). Each block is read into one new buffer, the previous block's unfinished line
-    first, and parsed in place: slicing and concatenating bytes made two more copies of every block
-    (4-7 MB of the typing's peak RSS at 8 MiB blocks)."""
-    spool.seek(0)
+                      read_bytes: int, start: int = 0) -> Iterator[Block]:
+    """The spooled COPY text lines from byte `start` (a line's start) as blocks of about `read_bytes` (cut
+    after a line: in COPY text an LF always ends a line). Each block is read into one new buffer, the
+    previous block's unfinished line first, and parsed in place: slicing and concatenating bytes made two
+    more copies of every block (4-7 MB of the typing's peak RSS at 8 MiB blocks)."""
+    spool.seek(start)
     carry = b""
     while True:
         buf = bytearray(len(carry) + read_bytes)
@@ -739,62 +801,3 @@ def _copy_text_blocks(spool: io.BufferedIOBase, line_columns: list[str], spec: E
             yield partial(copy_text_batch, buf, line_columns, spec, cut)
     if carry:
         raise ValueError("the landing's spool ends inside a line")
-
-
-class StagingTee:
-    """Stage a file in the pass that lands it, without reading raw back: the landing hands over each
-    block of COPY text it sends to raw (`feed`, kept in a local spool), and once raw is written `load`
-    types the spooled lines into stg and the rejects table on the same connection and transaction, as
-    stage_rows would from raw (a typed block goes into stg's COPY while the next one is typed; a repeated
-    natural key takes the second pass). Loading the typed rows only after raw keeps both of Postgres'
-    COPYs overlapped with Python's work: decoding with the raw COPY, typing with the stg COPY."""
-
-    def __init__(self, conn: psycopg.Connection, spec: ExtractSpec, record, line_columns: list[str],
-                 threads: int = 1) -> None:
-        self.spec, self.record, self.line_columns, self.threads = spec, record, line_columns, threads
-        self.engine = TypingEngine(spec, mapped_domains(conn, spec))  # UnsupportedContract: no tee
-        self.error: BaseException | None = None
-        self._spool: io.BufferedIOBase | None = tempfile.TemporaryFile(prefix="indici-land-")
-
-    def feed(self, block: bytes) -> None:
-        """One block of complete COPY lines, as raw landing sent it."""
-        if self._spool is None:
-            return
-        try:
-            self._spool.write(block)
-        except OSError as exc:  # a full disk: the landing goes on, the stage step reads raw
-            self.abandon(exc)
-
-    def abandon(self, exc: BaseException) -> None:
-        """Stop (the file is then staged from raw); frees the spool."""
-        self.error = self.error or exc
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
-
-    @property
-    def usable(self) -> bool:
-        return self._spool is not None
-
-    def load(self, conn: psycopg.Connection) -> EngineResult:
-        """Type the spooled lines into stg and etl.rejects_<t> (the caller's transaction, after raw's COPY)."""
-        if self._spool is None:
-            raise RuntimeError(f"the landing's spool was lost: {self.error!r}")
-        spool = self._spool
-        spool.flush()
-        laps = _Laps()
-        lap = laps.lap
-
-        def blocks() -> Iterator[Block]:
-            return _copy_text_blocks(spool, self.line_columns, self.spec, block_bytes(self.spec, self.threads))
-
-        try:
-            try:
-                with conn.transaction():
-                    result = _pass(conn, self.spec, self.record, self.engine, blocks(), None, lap, self.threads)
-            except psycopg.errors.UniqueViolation:
-                result = _second_pass(conn, self.spec, self.record, self.engine, blocks, lap, self.threads)
-        finally:
-            self.abandon(RuntimeError("loaded"))
-        result.seconds = laps.seconds
-        return result

@@ -6,6 +6,8 @@ nothing in stg) for the stage step, or, for a bad file, land nothing at all."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from psycopg import sql
 
@@ -154,3 +156,51 @@ def test_a_bad_file_lands_and_stages_nothing(pipeline_settings):
     assert query(s, "SELECT status FROM etl.load_run_files WHERE file_id = %s", (file_id,)) == [("failed",)]
     for table in ("raw.appointments_raw", "stg.appointments", "etl.rejects_appointments", "etl.dq_results"):
         assert query(s, f"SELECT count(*) FROM {table}") == [(0,)], table
+
+
+@pytest.fixture
+def typed_ahead(monkeypatch):
+    """Small blocks, and a load that first waits until the typing ahead has typed every whole block fed
+    (so the part typed while the raw COPY ran is known, not left to timing). Yields the loads' results."""
+    from worker.pipeline.typing_engine import tee as tee_module
+
+    block = 16 << 10
+    monkeypatch.setattr(tee_module, "block_bytes", lambda spec, threads=1: block)
+    loaded = []
+    load = StagingTee.load
+
+    def waiting_load(self, conn):
+        ahead = self._ahead
+        assert ahead is not None  # TYPING_DURING_RAW_COPY is on by default
+        deadline = time.monotonic() + 60
+        while self._written - ahead.typed_upto >= block and ahead.error is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        result = load(self, conn)
+        loaded.append(result)
+        return result
+
+    monkeypatch.setattr(StagingTee, "load", waiting_load)
+    return loaded
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_rows_typed_while_the_raw_copy_ran_are_staged_as_from_raw(pipeline_settings, typed_ahead, repeat):
+    s = pipeline_settings
+    rows, name = _rows(seed=15, patients=300)
+    rows = _awkward(rows)
+    if repeat:  # the second pass: what was typed ahead is rolled back and the file typed again
+        rows += [list(rows[40]), list(rows[len(rows) // 2])]
+    file_id = _plan_one(s, name, encode_rows(rows))
+    assert _land(s, file_id).status == "landed"
+    assert query(s, "SELECT status FROM etl.load_run_files WHERE file_id = %s", (file_id,)) == [("staged",)]
+    (result,) = typed_ahead
+    in_pass = _staged(s, file_id)
+    assert len(in_pass["stg"]) + len(in_pass["rejects"]) == len(rows)
+    if repeat:
+        assert result.superseded == 2 and result.rows_typed_ahead == 0
+    else:
+        assert 0 < result.rows_typed_ahead < len(rows)  # several blocks typed ahead, the last one after
+    with connect(s) as conn:
+        restage(conn, s, "Appointments")
+    assert _staged(s, file_id) == in_pass

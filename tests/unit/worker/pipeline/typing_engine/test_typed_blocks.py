@@ -4,61 +4,29 @@ file; the blocks come back in order, only a bounded number are in memory, and an
 
 from __future__ import annotations
 
-import io
 import threading
 import time
-import types
 from collections import Counter
-from datetime import datetime, timezone
 
 import pyarrow as pa
 import pytest
 
 from contracts.registry import get as get_spec
-from worker.io.indici_reader import IndiciReader, encode_rows
-from worker.pipeline.land import LINEAGE_PREFIX_COLUMNS, copy_columns
+from tests.unit.worker.pipeline.typing_engine.helpers import faulty_copy_text, type_file
 from worker.pipeline.typing_engine import stage
-from worker.pipeline.typing_engine.engine import DqCounts, TypingEngine
-from worker.synth import generate
-
-SPEC = get_spec("Appointments")
-AT = datetime(2025, 8, 12, 8, 50, tzinfo=timezone.utc)
-RECORD = types.SimpleNamespace(file_id=7, load_run_id=3, s3_version_id="v1", file_hash="0" * 64,
-                               date_extracted=AT, date_to=AT)
-PREFIX = "".join("x\t" for _ in LINEAGE_PREFIX_COLUMNS)
-# Row faults that reject a row, nullify a value, or leave text the COPY must escape.
-FAULTS = {"bad_timestamp": 25, "impossible_date": 10, "unknown_domain_value": 10, "missing_required": 10,
-          "bad_reference": 10, "nasty_text": 2, "dst_times": 5}
+from worker.pipeline.typing_engine.engine import DqCounts
 
 
 @pytest.fixture(scope="module")
 def copy_text() -> bytes:
-    """A generated Appointments file with planted faults, as the COPY text raw landing writes."""
-    batches = generate(seed=11, patients=400, deltas=0, extracts=["Appointments"], faults=FAULTS)
-    rows = [row for batch in batches for f in batch.files if f.extract == "Appointments" for row in f.rows]
-    reader = IndiciReader([encode_rows(rows)], SPEC.field_count)
-    return b"".join(reader.copy_bytes(PREFIX))
-
-
-def _type_file(text: bytes, threads: int, read_bytes: int):
-    engine = TypingEngine(SPEC, {})
-    stg = io.BytesIO()
-    rows = stage._TypedRows(SPEC, RECORD, engine, None, stg.write)
-    blocks = stage._copy_text_blocks(io.BytesIO(text), copy_columns(SPEC), SPEC, read_bytes)
-    for batch, block, counts in stage.typed_blocks(blocks, engine, threads):
-        rows.take(batch, block, counts)
-    rows.end()
-    rows.rejects_spool.seek(0)
-    rejects = rows.rejects_spool.read()
-    rows.close()
-    return stg.getvalue(), rejects, rows
+    return faulty_copy_text()
 
 
 def test_threads_give_the_same_stg_rows_rejects_and_counts(copy_text):
     read_bytes = 64 << 10  # many blocks, so several are typed at once
     assert len(copy_text) > 8 * read_bytes
-    stg1, rejects1, one = _type_file(copy_text, 1, read_bytes)
-    stg3, rejects3, three = _type_file(copy_text, 3, read_bytes)
+    stg1, rejects1, one = type_file(copy_text, 1, read_bytes)
+    stg3, rejects3, three = type_file(copy_text, 3, read_bytes)
     # The file exercises what a block's counts carry: rejects, nullified values, domain values seen.
     assert one.rejected > 0 and one.staged > 0
     assert sum(one.counts.rule_violations.values()) > one.rejected
